@@ -1,0 +1,268 @@
+"""Networks as data: frozen architecture specs, parameter pytrees, init, apply and validation.
+
+A spec is a frozen (hashable) dataclass, static under ``jit``. Parameters are a plain pytree
+``{layer_name: {"kernel": array, "bias": array}}``; layer names and shapes come from
+:func:`layers`, the one description of an architecture that the rest of the project reads.
+
+* :class:`MLPSpec`: dense layers with ReLU between them, inputs flattened.
+  ``dense_i.kernel: [fan_in, fan_out]``.
+* :class:`CNNSpec`: ``same``-padded stride-1 convolutions with ReLU (1-D or 2-D, by the rank of
+  ``input_shape``), global average pooling over space, one dense layer to the logits.
+  ``conv_i.kernel: [*window, c_in, c_out]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = dict[str, dict[str, Any]]
+
+
+class SpecError(ValueError):
+    """An architecture spec, its parameters or its inputs are not consistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPSpec:
+    """A ReLU multilayer perceptron. input_shape: one example's shape (flattened by apply)."""
+
+    input_shape: tuple[int, ...]
+    hidden: tuple[int, ...]
+    num_classes: int
+
+    def __post_init__(self):
+        _check_positive("input_shape", self.input_shape)
+        _check_positive("hidden", self.hidden, allow_empty=True)
+        _check_positive("num_classes", (self.num_classes,))
+
+    @property
+    def kind(self) -> str:
+        return "mlp"
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNSpec:
+    """A small CNN. input_shape: ``(*spatial, channels)`` with 1 or 2 spatial axes."""
+
+    input_shape: tuple[int, ...]
+    channels: tuple[int, ...]
+    num_classes: int
+    kernel_size: int = 3
+
+    def __post_init__(self):
+        _check_positive("input_shape", self.input_shape)
+        if len(self.input_shape) not in (2, 3):
+            raise SpecError(
+                f"CNNSpec.input_shape must be (length, channels) or (height, width, channels), "
+                f"got {self.input_shape}"
+            )
+        _check_positive("channels", self.channels)
+        _check_positive("num_classes", (self.num_classes,))
+        _check_positive("kernel_size", (self.kernel_size,))
+
+    @property
+    def kind(self) -> str:
+        return "cnn"
+
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.input_shape) - 1
+
+
+Spec = Union[MLPSpec, CNNSpec]
+
+
+def _check_positive(name: str, values: tuple, allow_empty: bool = False) -> None:
+    values = tuple(values)
+    if (not values and not allow_empty) or any(
+        not isinstance(v, (int, np.integer)) or v <= 0 for v in values
+    ):
+        raise SpecError(f"{name} must be a tuple of positive integers, got {values}")
+
+
+class Layer(NamedTuple):
+    """One parameterised layer: ``kind`` is "dense" or "conv"; shapes exclude any population axis."""
+
+    name: str
+    kind: str
+    kernel_shape: tuple[int, ...]
+    bias_shape: tuple[int, ...]
+
+    @property
+    def fan_in(self) -> int:
+        return int(np.prod(self.kernel_shape[:-1]))
+
+
+def layers(spec: Spec) -> tuple[Layer, ...]:
+    """The parameterised layers of ``spec``, input to output."""
+    if isinstance(spec, MLPSpec):
+        widths = (int(np.prod(spec.input_shape)),) + tuple(spec.hidden) + (spec.num_classes,)
+        return tuple(
+            Layer(f"dense_{i}", "dense", (widths[i], widths[i + 1]), (widths[i + 1],))
+            for i in range(len(widths) - 1)
+        )
+    if isinstance(spec, CNNSpec):
+        window = (spec.kernel_size,) * spec.spatial_rank
+        chans = (spec.input_shape[-1],) + tuple(spec.channels)
+        convs = tuple(
+            Layer(f"conv_{i}", "conv", window + (chans[i], chans[i + 1]), (chans[i + 1],))
+            for i in range(len(spec.channels))
+        )
+        head = Layer("dense_0", "dense", (chans[-1], spec.num_classes), (spec.num_classes,))
+        return convs + (head,)
+    raise SpecError(f"not an architecture spec: {spec!r}")
+
+
+def param_shapes(spec: Spec) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{layer: {"kernel": shape, "bias": shape}}`` for one network."""
+    return {l.name: {"kernel": l.kernel_shape, "bias": l.bias_shape} for l in layers(spec)}
+
+
+def num_params(spec: Spec) -> int:
+    """Number of scalar parameters of one network."""
+    return sum(math.prod(l.kernel_shape) + math.prod(l.bias_shape) for l in layers(spec))
+
+
+def init(spec: Spec, key: jax.Array, scale: float | jax.Array = 1.0) -> Params:
+    """Random parameters: kernels ~ N(0, 2 / fan_in) * scale (He init; the last layer 1 / fan_in).
+
+    Biases start at 0. ``scale`` may be traced (a per-member hyperparameter under vmap).
+    """
+    all_layers = layers(spec)
+    keys = jax.random.split(key, len(all_layers))
+    params = {}
+    for i, (layer, k) in enumerate(zip(all_layers, keys)):
+        gain = 1.0 if i == len(all_layers) - 1 else 2.0
+        std = math.sqrt(gain / layer.fan_in)
+        params[layer.name] = {
+            "kernel": jax.random.normal(k, layer.kernel_shape, jnp.float32) * (std * scale),
+            "bias": jnp.zeros(layer.bias_shape, jnp.float32),
+        }
+    return params
+
+
+def apply(spec: Spec, params: Params, x: jax.Array) -> jax.Array:
+    """Logits [B, num_classes] for inputs x [B, *spec.input_shape]."""
+    if tuple(x.shape[1:]) != tuple(spec.input_shape):
+        raise SpecError(
+            f"inputs have shape {tuple(x.shape)}; the network takes [batch, *{tuple(spec.input_shape)}]"
+        )
+    all_layers = layers(spec)
+    if isinstance(spec, MLPSpec):
+        h = x.reshape(x.shape[0], -1)
+        for i, layer in enumerate(all_layers):
+            h = h @ params[layer.name]["kernel"] + params[layer.name]["bias"]
+            if i < len(all_layers) - 1:
+                h = jax.nn.relu(h)
+        return h
+    h = x
+    for layer in all_layers[:-1]:
+        h = jax.nn.relu(conv(h, params[layer.name]["kernel"]) + params[layer.name]["bias"])
+    h = h.mean(axis=tuple(range(1, 1 + spec.spatial_rank)))
+    head = params[all_layers[-1].name]
+    return h @ head["kernel"] + head["bias"]
+
+
+def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'same'-padded stride-1 convolution: x [B, *spatial, c_in], kernel [*window, c_in, c_out]."""
+    rank = kernel.ndim - 2
+    spatial = "HW"[:rank]
+    numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1,) * rank, padding="SAME", dimension_numbers=numbers
+    )
+
+
+def validate_params(spec: Spec, params: Any, batch_dims: int = 0) -> None:
+    """Raises :class:`SpecError` naming the first leaf that does not fit ``spec``.
+
+    Checks the layer names, that every layer has exactly "kernel" and "bias", each leaf's shape
+    (after ``batch_dims`` leading population axes, which must agree across leaves), that it is a
+    floating array, and that every value is finite. Works on concrete arrays only (not under jit).
+    """
+    expected = param_shapes(spec)
+    if not isinstance(params, dict):
+        raise SpecError(f"params must be a dict of layers, got {type(params).__name__}")
+    missing = sorted(set(expected) - set(params))
+    extra = sorted(set(params) - set(expected))
+    if missing or extra:
+        raise SpecError(
+            f"params do not match {describe(spec)}: missing layers {missing}, unexpected layers {extra}"
+        )
+    lead = None
+    for name, shapes in expected.items():
+        layer = params[name]
+        if not isinstance(layer, dict) or set(layer) != {"kernel", "bias"}:
+            got = sorted(layer) if isinstance(layer, dict) else type(layer).__name__
+            raise SpecError(f"params[{name!r}] must hold exactly 'kernel' and 'bias', got {got}")
+        for leaf_name, shape in shapes.items():
+            path = f"{name}/{leaf_name}"
+            leaf = layer[leaf_name]
+            if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+                raise SpecError(f"{path} is not an array ({type(leaf).__name__})")
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise SpecError(f"{path} has dtype {leaf.dtype}; parameters must be floating point")
+            if len(leaf.shape) != batch_dims + len(shape) or tuple(leaf.shape[batch_dims:]) != shape:
+                want = ("P, " * batch_dims) + ", ".join(map(str, shape))
+                raise SpecError(
+                    f"{path} has shape {tuple(leaf.shape)}; {describe(spec)} needs [{want}]"
+                )
+            this_lead = tuple(leaf.shape[:batch_dims])
+            if lead is not None and this_lead != lead:
+                raise SpecError(f"{path} has population axes {this_lead}, other leaves have {lead}")
+            lead = this_lead
+            finite = np.isfinite(np.asarray(leaf))
+            if not finite.all():
+                bad = np.argwhere(~finite)[0]
+                raise SpecError(f"{path} holds NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+
+
+def describe(spec: Spec) -> str:
+    """A short architecture string: ``mlp:32,32`` or ``cnn:8,16`` (see :func:`parse_arch`)."""
+    widths = spec.hidden if isinstance(spec, MLPSpec) else spec.channels
+    return f"{spec.kind}:{','.join(map(str, widths))}"
+
+
+def parse_arch(text: str, input_shape: tuple[int, ...], num_classes: int) -> Spec:
+    """Builds a spec from ``mlp:W1,W2,...`` or ``cnn:C1,C2,...`` for the given data shape."""
+    kind, _, widths_text = text.partition(":")
+    try:
+        widths = tuple(int(w) for w in widths_text.split(",") if w.strip())
+    except ValueError:
+        raise SpecError(f"bad architecture {text!r}: widths must be integers, as in mlp:32,32") from None
+    if kind == "mlp":
+        return MLPSpec(tuple(input_shape), widths, num_classes)
+    if kind == "cnn":
+        if len(input_shape) not in (2, 3):
+            raise SpecError(
+                f"architecture {text!r} needs image-like inputs (length, channels) or "
+                f"(height, width, channels); this data set has input shape {tuple(input_shape)}"
+            )
+        return CNNSpec(tuple(input_shape), widths, num_classes)
+    raise SpecError(f"unknown architecture kind {kind!r} in {text!r}; use mlp:W,... or cnn:C,...")
+
+
+def spec_to_dict(spec: Spec) -> dict:
+    """A JSON-ready record of ``spec`` (inverse: :func:`spec_from_dict`)."""
+    return {"kind": spec.kind, **{k: _listify(v) for k, v in dataclasses.asdict(spec).items()}}
+
+
+def spec_from_dict(record: dict) -> Spec:
+    """The spec that :func:`spec_to_dict` recorded."""
+    record = dict(record)
+    kind = record.pop("kind", None)
+    cls = {"mlp": MLPSpec, "cnn": CNNSpec}.get(kind)
+    if cls is None:
+        raise SpecError(f"unknown architecture kind {kind!r} in record {record}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in fields})
+
+
+def _listify(value):
+    return list(value) if isinstance(value, tuple) else value

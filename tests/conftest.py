@@ -1,0 +1,29 @@
+"""Test set-up: CPU only, a persistent compilation cache, shared tiny fixtures."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "metaedit" / "jax-compilation-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import pytest  # noqa: E402
+
+from metaedit import datasets  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def breast_cancer():
+    return datasets.load_breast_cancer()
+
+
+@pytest.fixture(scope="session")
+def adult():
+    return datasets.load_adult()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return datasets.load_digits()
