@@ -14,9 +14,12 @@ import sys
 import numpy as np
 
 from metaedit import checkpoint, datasets, nets, zoo
+from metaedit.sharding import use_cpu_cores
 
 
 def _zoo_command(args: argparse.Namespace) -> int:
+    if args.cpu_devices != 1:
+        use_cpu_cores(args.cpu_devices or None)
     if args.csv:
         if not args.label:
             raise datasets.DatasetError("--csv needs --label (the target column)")
@@ -123,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="log-uniform learning-rate range")
     zoo_parser.add_argument("--seed", type=int, default=0)
     zoo_parser.add_argument("--out", required=True, help="zoo directory (resumed if it holds an unfinished run)")
+    zoo_parser.add_argument("--cpu-devices", type=int, default=0,
+                            help="on a CPU, split it into this many XLA devices and shard the population "
+                                 "over them (default 0: one per core; 1: a single device)")
     zoo_parser.add_argument("--no-progress", action="store_true")
     zoo_parser.set_defaults(run=_zoo_command)
 

@@ -179,12 +179,12 @@ def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )
 
 
-def validate_params(spec: Spec, params: Any, batch_dims: int = 0) -> None:
-    """Raises :class:`SpecError` naming the first leaf that does not fit ``spec``.
+def check_shapes(spec: Spec, params: Any, batch_dims: int = 0) -> None:
+    """Raises :class:`SpecError` naming the first leaf whose structure, shape or dtype does not fit.
 
     Checks the layer names, that every layer has exactly "kernel" and "bias", each leaf's shape
-    (after ``batch_dims`` leading population axes, which must agree across leaves), that it is a
-    floating array, and that every value is finite. Works on concrete arrays only (not under jit).
+    after ``batch_dims`` leading population axes (which must agree across leaves), and that it is
+    floating point. Reads shapes only, so it also works on tracers under ``jit``.
     """
     expected = param_shapes(spec)
     if not isinstance(params, dict):
@@ -217,10 +217,22 @@ def validate_params(spec: Spec, params: Any, batch_dims: int = 0) -> None:
             if lead is not None and this_lead != lead:
                 raise SpecError(f"{path} has population axes {this_lead}, other leaves have {lead}")
             lead = this_lead
-            finite = np.isfinite(np.asarray(leaf))
+
+
+def validate_params(spec: Spec, params: Any, batch_dims: int = 0) -> None:
+    """:func:`check_shapes`, then that every value is finite (concrete arrays only, not under jit).
+
+    Raises :class:`SpecError` naming the first offending leaf and, for NaN/Inf, the first index.
+    """
+    check_shapes(spec, params, batch_dims)
+    for name, shapes in param_shapes(spec).items():
+        for leaf_name in shapes:
+            finite = np.isfinite(np.asarray(params[name][leaf_name]))
             if not finite.all():
                 bad = np.argwhere(~finite)[0]
-                raise SpecError(f"{path} holds NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+                raise SpecError(
+                    f"{name}/{leaf_name} holds NaN or Inf (first at index {tuple(int(i) for i in bad)})"
+                )
 
 
 def describe(spec: Spec) -> str:

@@ -66,3 +66,26 @@ def pad_population(tree: Any, size: int) -> Any:
         return np.concatenate([leaf, np.repeat(leaf[-1:], extra, axis=0)], axis=0)
 
     return jax.tree.map(pad, tree)
+
+
+def use_cpu_cores(count: int | None = None) -> int | None:
+    """Exposes ``count`` XLA CPU devices (default: one per usable core) so a zoo runs on every core.
+
+    XLA runs the small batched matmuls of a population on few threads per device; giving each core
+    a device and sharding the population axis over them is the fast way to train on a CPU. Call it
+    before any JAX computation. It changes nothing, and returns None, when the device count was
+    already chosen (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``JAX_NUM_CPU_DEVICES``)
+    or JAX has already started; otherwise it returns the count it set. Accelerators are unaffected.
+    """
+    import os
+
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    if jax.config.jax_num_cpu_devices != -1:
+        return None
+    count = count or len(os.sched_getaffinity(0))
+    try:
+        jax.config.update("jax_num_cpu_devices", int(count))
+    except RuntimeError:  # backends already initialised
+        return None
+    return int(count)

@@ -324,7 +324,7 @@ def _record(spec: nets.Spec, config: ZooConfig, source: dict) -> dict:
     }
 
 
-class _ZooProgram:
+class ZooProgram:
     """The jitted, sharded functions of one zoo run (built once, so each compiles once)."""
 
     def __init__(self, spec: nets.Spec, config: ZooConfig, placement: Placement):
@@ -365,7 +365,7 @@ def train_zoo(
     data = TrainData(dataset.x_train[order], dataset.y_train[order])
     hparams = sample_hparams(config, n)
     padded = placement.padded_size(config.members)
-    program = _ZooProgram(spec, config, placement)
+    program = ZooProgram(spec, config, placement)
     hp_device = placement.put_population(pad_population(hparams, padded))
     data_device = placement.put_replicated(data)
     identity = _record(spec, config, dataset.source)

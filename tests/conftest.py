@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "1")  # one device unless a test asks for more
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "metaedit" / "jax-compilation-cache")
 )

@@ -6,7 +6,8 @@ Every implementation trains the same population of ReLU MLPs (Adult inputs, hidd
 classes) with AdamW at per-member learning rates and weight decays, on per-member random batches of
 the same size, for the same number of steps:
 
-* ``jax-vmap``: ``metaedit.zoo.train_chunk`` under ``jit(vmap(...))``, as ``metaedit zoo`` runs it;
+* ``jax-vmap``: ``metaedit.zoo.train_chunk`` under ``jit(vmap(...))``, as ``metaedit zoo`` runs it
+  (on a CPU: one XLA device per core, the population sharded over them);
 * ``jax-loop``: the same jitted per-member function, called for one member at a time;
 * ``torch-vmap``: the ``torch.func`` ensemble recipe (``stack_module_state`` + ``functional_call``
   under ``torch.vmap``), AdamW written on the stacked tensors;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from experiments.benchmarks.common import (best_seconds, emit, jax_matmul_gflops, machine,  # noqa: E402
                                            torch_matmul_gflops)
 from metaedit import datasets, nets, zoo  # noqa: E402
+from metaedit.sharding import Placement, pad_population, use_cpu_cores  # noqa: E402
 
 IMPLS = ("jax-vmap", "jax-loop", "torch-vmap", "torch-loop")
 
@@ -44,13 +47,24 @@ def population(members: int, n_train: int, steps: int, seed: int = 0) -> zoo.Hpa
 
 
 def run_jax_vmap(spec, hparams, data, steps, batch_size, repeats):
+    """The zoo's own jitted program, population sharded over every visible device."""
     members = len(hparams.learning_rate)
-    chunk = jax.jit(jax.vmap(functools.partial(zoo.train_chunk, spec, batch_size, steps), in_axes=(0, 0, None)))
-    init = jax.jit(jax.vmap(lambda i, hp: zoo.init_member(spec, zoo.member_key(0, i), hp)))
-    hp = jax.tree.map(jnp.asarray, hparams)
-    state0 = init(jnp.arange(members), hp)
-    jax.block_until_ready(chunk(state0, hp, data))  # compile
-    return best_seconds(lambda: jax.block_until_ready(chunk(state0, hp, data)), repeats)
+    placement = Placement()
+    config = zoo.ZooConfig(members=members, batch_size=batch_size, chunk_steps=steps)
+    program = zoo.ZooProgram(spec, config, placement)
+    padded = placement.padded_size(members)
+    hp = placement.put_population(pad_population(hparams, padded))
+    data = placement.put_replicated(data)
+    indices = placement.put_population(np.arange(padded))
+    jax.block_until_ready(program.chunk(program.init(indices, hp), hp, data))  # compile
+
+    def run():  # the chunk donates its input state, so each run starts from a fresh init
+        state = jax.block_until_ready(program.init(indices, hp))
+        start = time.perf_counter()
+        jax.block_until_ready(program.chunk(state, hp, data))
+        return time.perf_counter() - start
+
+    return min(run() for _ in range(repeats))
 
 
 def run_jax_loop(spec, hparams, data, steps, batch_size, repeats):
@@ -164,7 +178,11 @@ def main(argv=None) -> None:
     parser.add_argument("--hidden", default="32,32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--impl", default="all", help=f"comma-separated subset of {', '.join(IMPLS)}")
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="XLA CPU devices for jax-vmap, as 'metaedit zoo' uses (0: one per core)")
     args = parser.parse_args(argv)
+    if args.cpu_devices != 1:
+        use_cpu_cores(args.cpu_devices or None)
     impls = IMPLS if args.impl == "all" else tuple(args.impl.split(","))
 
     data = datasets.load_adult()

@@ -1,0 +1,163 @@
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metaedit import gmn, graphs, nets
+from metaedit.gmn import EditorError, GMNConfig
+
+MLP = nets.MLPSpec((6,), (5, 4), 3)
+CNN = nets.CNNSpec((6, 6, 2), (4, 3), 5)
+CONDITION = jnp.array([0.3, 0.7])
+
+
+def active_editor(specs, seed=0):
+    """An untrained editor whose edit is far from the identity: s = 1, masks undecided (keep bias 0)."""
+    config = GMNConfig.for_specs(specs, hidden=16, layers=2, init_scale=1.0, keep_bias=0.0)
+    return gmn.init_editor(config, jax.random.key(seed))
+
+
+def with_random_biases(spec, key):
+    params = nets.init(spec, key)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(params))
+    return {n: {"kernel": l["kernel"], "bias": 0.1 * jax.random.normal(k, l["bias"].shape)}
+            for (n, l), k in zip(sorted(params.items()), keys)}
+
+
+def permute_hidden(spec, params, rng):
+    """Permutes the neurons (channels) of every hidden layer, keeping the function."""
+    names = [l.name for l in nets.layers(spec)]
+    params = jax.tree.map(np.asarray, params)
+    perms = []
+    for i, name in enumerate(names[:-1]):
+        perm = rng.permutation(params[name]["bias"].shape[0])
+        perms.append(perm)
+        params[name] = {"kernel": params[name]["kernel"][..., perm], "bias": params[name]["bias"][perm]}
+        nxt = names[i + 1]
+        params[nxt] = {**params[nxt], "kernel": params[nxt]["kernel"][..., perm, :]}
+    return params
+
+
+def assert_trees_close(a, b, atol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize("spec", [MLP, CNN], ids=nets.describe)
+def test_edit_is_equivariant_to_hidden_permutations(spec):
+    editor = active_editor([spec])
+    params = with_random_biases(spec, jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (7,) + spec.input_shape)
+    for seed in range(3):
+        permuted = permute_hidden(spec, params, np.random.default_rng(seed))
+        np.testing.assert_allclose(nets.apply(spec, permuted, x), nets.apply(spec, params, x), atol=1e-5)
+        edited = gmn.edit(editor, spec, params, CONDITION)
+        edited_permuted = gmn.edit(editor, spec, permuted, CONDITION)
+        assert_trees_close(edited_permuted, permute_hidden(spec, edited, np.random.default_rng(seed)))
+        # the edited networks compute the same function
+        np.testing.assert_allclose(nets.apply(spec, edited_permuted, x), nets.apply(spec, edited, x), atol=1e-4)
+    changed = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(edited), jax.tree.leaves(params)))
+    assert changed > 1e-2  # the editor really edits, so the test can fail
+
+
+def test_input_features_keep_their_identity():
+    editor = active_editor([MLP])
+    params = with_random_biases(MLP, jax.random.key(3))
+    perm = np.array([1, 0, 2, 3, 4, 5])
+    swapped = {**params, "dense_0": {**params["dense_0"], "kernel": params["dense_0"]["kernel"][perm]}}
+    edited = gmn.edit(editor, MLP, params, CONDITION)
+    edited_swapped = gmn.edit(editor, MLP, swapped, CONDITION)
+    gap = np.abs(np.asarray(edited_swapped["dense_0"]["kernel"]) - np.asarray(edited["dense_0"]["kernel"])[perm]).max()
+    assert gap > 1e-3
+
+
+def test_untrained_editor_with_zero_scale_is_the_identity():
+    config = GMNConfig.for_specs([MLP, CNN])
+    editor = gmn.init_editor(config, jax.random.key(0))
+    assert float(editor.variables["params"]["output_scale"]) == pytest.approx(config.init_scale)
+    zero = dataclasses.replace(editor, variables=jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.zeros_like(v) if "output_scale" in jax.tree_util.keystr(path) else v,
+        editor.variables))
+    for spec in (MLP, CNN):
+        params = with_random_biases(spec, jax.random.key(4))
+        same = gmn.edit(zero, spec, params, CONDITION)
+        for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        near = gmn.edit(editor, spec, params, CONDITION)  # s = 1e-3: almost the identity
+        assert_trees_close(near, params, atol=0.05)
+
+
+def test_hard_masks_are_exact_and_input_masks_remove_features():
+    editor = active_editor([MLP], seed=5)
+    params = with_random_biases(MLP, jax.random.key(6))
+    raw = gmn.predict_edit(editor, MLP, params, CONDITION)
+    topo = graphs.topology(MLP)
+    node_keep = np.asarray(raw.node_logit) > 0
+    edge_keep = (np.asarray(raw.edge_logit) > 0) & node_keep[topo.senders]
+    assert 0 < edge_keep.mean() < 1  # the test sees both kept and removed weights
+    edited = gmn.edit(editor, MLP, params, CONDITION)
+    weights = np.asarray(graphs.params_to_graph(MLP, edited).edges["weight"][:, 0])
+    assert (weights[~edge_keep] == 0).all() and (weights[edge_keep] != 0).all()
+    dropped_inputs = np.flatnonzero(~node_keep[:6])
+    assert (np.asarray(edited["dense_0"]["kernel"])[dropped_inputs] == 0).all()
+    # soft (straight-through) masks have the same values and carry gradients
+    soft = gmn.apply_edit(MLP, params, raw, hard=False)
+    assert_trees_close(soft, edited, atol=1e-6)
+    def kernel_total(logits):
+        soft_edit = gmn.apply_edit(MLP, params, raw._replace(edge_logit=logits), hard=False)
+        return sum(layer["kernel"].sum() for layer in soft_edit.values())
+
+    grad = np.asarray(jax.grad(kernel_total)(raw.edge_logit))
+    assert (grad[node_keep[topo.senders]] != 0).all() and (grad[~node_keep[topo.senders]] == 0).all()
+
+
+def test_whole_zoo_is_edited_in_one_compile():
+    editor = active_editor([MLP])
+    keys = jax.random.split(jax.random.key(7), 8)
+    zoo_a = jax.vmap(lambda k: with_random_biases(MLP, k))(keys)
+    zoo_b = jax.tree.map(lambda x: x + 0.01, zoo_a)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def edit_zoo(params, condition):
+        return jax.vmap(gmn.edit_one, in_axes=(None, None, 0, 0))(editor, MLP, params, condition)
+
+    conditions = jnp.tile(CONDITION, (8, 1))
+    out_a = edit_zoo(zoo_a, conditions)
+    edit_zoo(zoo_b, conditions + 0.1)  # a second zoo of the same architecture: no new trace
+    # the public function gives the same, member by member
+    stacked = gmn.edit(editor, MLP, zoo_a, CONDITION)
+    assert_trees_close(stacked, out_a, atol=1e-6)
+    member = gmn.edit(editor, MLP, jax.tree.map(lambda x: x[3], zoo_a), CONDITION)
+    assert_trees_close(member, jax.tree.map(lambda x: x[3], stacked), atol=1e-6)
+
+
+def test_mixed_architecture_batch_matches_single_edits():
+    specs = [MLP, CNN, nets.MLPSpec((6,), (7,), 3)]
+    editor = active_editor(specs)
+    params = [with_random_biases(s, jax.random.key(i)) for i, s in enumerate(specs)]
+    batch = graphs.batch_graphs(specs, params)
+    conditions = jnp.array([[0.1, 0.2], [0.5, 0.5], [0.9, 0.1]])
+    edited = gmn.edit_batch(editor, batch, conditions)
+    for spec, p, c, e in zip(specs, params, conditions, edited):
+        assert_trees_close(e, gmn.edit(editor, spec, p, c), atol=1e-5)
+
+
+def test_bad_inputs_are_named():
+    editor = active_editor([MLP])
+    params = with_random_biases(MLP, jax.random.key(0))
+    with pytest.raises(EditorError, match="has 8 inputs; this editor reads at most 6"):
+        gmn.edit(editor, nets.MLPSpec((8,), (5, 4), 3), nets.init(nets.MLPSpec((8,), (5, 4), 3), jax.random.key(0)), CONDITION)
+    with pytest.raises(EditorError, match="weights per edge"):
+        narrow = nets.CNNSpec((6, 6, 2), (4, 3), 3)
+        gmn.edit(editor, narrow, nets.init(narrow, jax.random.key(0)), CONDITION)
+    with pytest.raises(nets.SpecError, match=r"dense_1/kernel has shape \(5, 4\); mlp:5,3 needs"):
+        gmn.edit(editor, nets.MLPSpec((6,), (5, 3), 3), params, CONDITION)
+    with pytest.raises(EditorError, match=r"condition has shape \(3,\); expected \[2\]"):
+        gmn.edit(editor, MLP, params, jnp.zeros(3))
+    nan = {**params, "dense_2": {**params["dense_2"], "bias": params["dense_2"]["bias"].at[0].set(jnp.nan)}}
+    with pytest.raises(nets.SpecError, match="dense_2/bias holds NaN"):
+        gmn.edit(editor, MLP, nan, CONDITION)
