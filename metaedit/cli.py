@@ -3,6 +3,9 @@
     metaedit zoo --dataset adult --arch mlp:32,32 --members 512 --epochs 2 --seed 0 --out runs/adult-zoo
     metaedit zoo --csv data.csv --label y --sensitive group --categorical city,job --arch mlp:16 --out runs/mine
     metaedit info runs/adult-zoo [--json]
+    metaedit export --zoo runs/adult-zoo --member 3 --out member3.npz
+    metaedit lid --zoo runs/adult-zoo --member 3 --tau 0.8 --domain box --out runs/lid-box
+    metaedit check --lid runs/lid-box [--params member3.npz] [--json]
 """
 
 from __future__ import annotations
@@ -105,6 +108,104 @@ def _info_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _network_and_data(args: argparse.Namespace):
+    """(spec, params, dataset) from --zoo/--member or --params/--dataset."""
+    if args.zoo:
+        if args.params:
+            raise zoo.ZooError("give either --zoo with --member, or --params with --dataset, not both")
+        trained = zoo.load_zoo(args.zoo)
+        if not 0 <= args.member < trained.members:
+            raise zoo.ZooError(f"--member {args.member} is outside the zoo's {trained.members} members")
+        return trained.spec, trained.member(args.member), datasets.load_source(trained.dataset)
+    if not (args.params and args.dataset):
+        raise zoo.ZooError("name the network: --zoo DIR --member I, or --params FILE --dataset NAME")
+    spec, params = nets.load_params(args.params)
+    dataset = datasets.load_dataset(args.dataset)
+    if tuple(spec.input_shape) != dataset.input_shape or spec.num_classes != dataset.num_classes:
+        raise nets.SpecError(
+            f"{args.params} holds a {nets.describe(spec)} network for inputs {spec.input_shape} and "
+            f"{spec.num_classes} classes; data set {args.dataset} has {dataset.input_shape} and "
+            f"{dataset.num_classes}")
+    return spec, params, dataset
+
+
+def _lid_command(args: argparse.Namespace) -> int:
+    from certify import lid, pipeline, store
+
+    spec, params, dataset = _network_and_data(args)
+    config = lid.LIDConfig(domain=args.domain, rank=args.rank, steps=args.steps, seed=args.seed)
+    if not 0 < args.tau <= 1:
+        raise lid.LIDError(f"--tau must lie in (0, 1], got {args.tau}")
+    print(f"{nets.describe(spec)} on {dataset.name}: solving a {args.domain} LID for certified accuracy "
+          f">= {args.tau} on {args.cert_samples} samples ({args.steps} steps)", file=sys.stderr)
+    result = pipeline.lids_for_network(spec, params, dataset, args.tau, config, args.cert_samples,
+                                       args.heldout_samples, args.seed)
+    store.save_lids(args.out, spec, params, result["lids"], args.domain, dataset.source,
+                    result["cert_rows"], result["heldout_rows"],
+                    extra={"solve_seconds": result["seconds"], "tau": args.tau})
+    return _check_command(argparse.Namespace(lid=args.out, params=None, json=args.json))
+
+
+def _check_command(args: argparse.Namespace) -> int:
+    from certify import domains, project, store
+
+    stored = store.load_lids(args.lid)
+    best = stored.domains[0]
+    if args.params:
+        spec, params = nets.load_params(args.params)
+        if spec != stored.spec:
+            raise nets.SpecError(f"{args.params} is a {nets.describe(spec)} network; the LID is for "
+                                 f"{nets.describe(stored.spec)}")
+    else:
+        params = stored.params
+    dataset = datasets.load_source(stored.record["dataset"])
+    cert_rows = np.asarray(stored.record["cert_rows"])
+    heldout_rows = np.asarray(stored.record["heldout_rows"])
+    certificates = store.certify_again(stored, 0, dataset.x_test[cert_rows], dataset.y_test[cert_rows],
+                                       dataset.x_test[heldout_rows], dataset.y_test[heldout_rows])
+    first = certificates[0]
+    summary = {
+        "lid": str(args.lid),
+        "domain": stored.record["domain"],
+        "architecture": nets.describe(stored.spec),
+        "inside": project.contains(best, params, rtol=1e-6),
+        "tau": first.tau,
+        "certified_accuracy": first.certified_accuracy,
+        "certified_accuracy_lower_bound": first.lower_bound,
+        "heldout_certified_accuracy": first.heldout_certified_accuracy,
+        "confidence": first.confidence,
+        "cert_samples": len(cert_rows),
+        "heldout_samples": len(heldout_rows),
+        "log_volume": float(domains.log_volume(best)),
+        "mean_log_width": float(domains.mean_log_width(best)),
+        "lids": len(stored.domains),
+        "holds": all(c.holds for c in certificates),
+        "solve_seconds": stored.record.get("solve_seconds"),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"LID {summary['lid']} ({summary['domain']}, {summary['architecture']}, {summary['lids']} certified LIDs)")
+        print(f"  params inside            {summary['inside']}")
+        print(f"  certified accuracy       {summary['certified_accuracy']:.4f} on {summary['cert_samples']} "
+              f"samples (tau {summary['tau']}, holds: {summary['holds']})")
+        print(f"  held-out                 {summary['heldout_certified_accuracy']:.4f} on "
+              f"{summary['heldout_samples']} samples; {summary['confidence']:.0%} lower bound "
+              f"{summary['certified_accuracy_lower_bound']:.4f}")
+        print(f"  size                     log-volume {summary['log_volume']:.1f}, mean log-width "
+              f"{summary['mean_log_width']:.3f}")
+    return 0
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    trained = zoo.load_zoo(args.zoo)
+    if not 0 <= args.member < trained.members:
+        raise zoo.ZooError(f"--member {args.member} is outside the zoo's {trained.members} members")
+    nets.save_params(args.out, trained.spec, trained.member(args.member))
+    print(f"wrote member {args.member} ({nets.describe(trained.spec)}) to {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaedit", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,17 +237,49 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.add_argument("directory")
     info_parser.add_argument("--json", action="store_true", help="print one JSON object")
     info_parser.set_defaults(run=_info_command)
+
+    export_parser = commands.add_parser("export", help="write one zoo member to a params file (.npz)")
+    export_parser.add_argument("--zoo", required=True)
+    export_parser.add_argument("--member", type=int, required=True)
+    export_parser.add_argument("--out", required=True)
+    export_parser.set_defaults(run=_export_command)
+
+    lid_parser = commands.add_parser("lid", help="compute certified locally invariant domains for a network")
+    lid_parser.add_argument("--zoo", help="zoo directory (with --member)")
+    lid_parser.add_argument("--member", type=int, default=0)
+    lid_parser.add_argument("--params", help="a params file from 'metaedit export' (with --dataset)")
+    lid_parser.add_argument("--dataset", choices=sorted(n for n in datasets.LOADERS if n != "csv"))
+    lid_parser.add_argument("--tau", type=float, required=True, help="certified accuracy to keep, in (0, 1]")
+    lid_parser.add_argument("--domain", choices=("box", "zonotope"), default="box")
+    lid_parser.add_argument("--rank", type=int, default=4, help="zonotope generators")
+    lid_parser.add_argument("--steps", type=int, default=300)
+    lid_parser.add_argument("--cert-samples", type=int, default=512)
+    lid_parser.add_argument("--heldout-samples", type=int, default=2000)
+    lid_parser.add_argument("--seed", type=int, default=0)
+    lid_parser.add_argument("--out", required=True)
+    lid_parser.add_argument("--json", action="store_true")
+    lid_parser.set_defaults(run=_lid_command)
+
+    check_parser = commands.add_parser("check", help="check params against a certified LID")
+    check_parser.add_argument("--lid", required=True)
+    check_parser.add_argument("--params", help="params file to test for membership (default: the LID's own network)")
+    check_parser.add_argument("--json", action="store_true")
+    check_parser.set_defaults(run=_check_command)
     return parser
 
 
-_USER_ERRORS = (datasets.DatasetError, nets.SpecError, zoo.ZooError, checkpoint.CheckpointError)
+def _user_errors() -> tuple:
+    from certify import domains, lid, specs
+
+    return (datasets.DatasetError, nets.SpecError, zoo.ZooError, checkpoint.CheckpointError,
+            lid.LIDError, specs.SpecError, domains.DomainError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except _USER_ERRORS as error:
+    except _user_errors() as error:
         print(f"metaedit: error: {error}", file=sys.stderr)
         return 2
 

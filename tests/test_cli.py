@@ -85,3 +85,51 @@ def test_killed_cli_run_resumes_to_the_same_zoo(tmp_path):
     for name in clean.params:
         for leaf in ("kernel", "bias"):
             np.testing.assert_array_equal(resumed.params[name][leaf], clean.params[name][leaf])
+
+
+@pytest.fixture(scope="module")
+def small_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "zoo"
+    assert main(["zoo", "--dataset", "breast_cancer", *TINY_ARGS, "--epochs", "10", "--out", str(out)]) == 0
+    return out
+
+
+def test_export_lid_and_check(small_zoo, tmp_path, capsys):
+    member = tmp_path / "member.npz"
+    assert main(["export", "--zoo", str(small_zoo), "--member", "1", "--out", str(member)]) == 0
+    lid_dir = tmp_path / "lid"
+    code = main(["lid", "--zoo", str(small_zoo), "--member", "1", "--tau", "0.8", "--domain", "zonotope",
+                 "--rank", "2", "--steps", "40", "--cert-samples", "60", "--heldout-samples", "100",
+                 "--out", str(lid_dir), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    for key in ("inside", "certified_accuracy", "certified_accuracy_lower_bound", "log_volume"):
+        assert key in summary
+    assert summary["inside"] is True and summary["holds"] is True and summary["certified_accuracy"] >= 0.8
+    assert 0 <= summary["certified_accuracy_lower_bound"] <= summary["heldout_certified_accuracy"] <= 1
+    assert main(["check", "--lid", str(lid_dir), "--params", str(member), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inside"] is True
+    from metaedit import nets
+    spec, params = nets.load_params(member)
+    far = {n: {k: v + 1.0 for k, v in layer.items()} for n, layer in params.items()}
+    nets.save_params(tmp_path / "far.npz", spec, far)
+    assert main(["check", "--lid", str(lid_dir), "--params", str(tmp_path / "far.npz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inside"] is False
+    # the same network from a params file and a data set name
+    assert main(["lid", "--params", str(member), "--dataset", "breast_cancer", "--tau", "0.8", "--steps", "20",
+                 "--cert-samples", "60", "--heldout-samples", "100", "--out", str(tmp_path / "lid2")]) == 0
+    assert "certified accuracy" in capsys.readouterr().out
+
+
+def test_lid_bad_inputs(small_zoo, tmp_path, capsys):
+    assert main(["lid", "--zoo", str(small_zoo), "--tau", "1.5", "--out", str(tmp_path / "x")]) == 2
+    assert "--tau must lie in (0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["check", "--lid", str(small_zoo)]) == 2
+    assert "does not hold certified LIDs" in capsys.readouterr().err
+    assert main(["lid", "--zoo", str(small_zoo), "--member", "9", "--tau", "0.8", "--out", str(tmp_path / "y")]) == 2
+    assert "outside the zoo's 4 members" in capsys.readouterr().err
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a zip file")
+    assert main(["check", "--lid", str(small_zoo), "--params", str(broken)]) == 2
+    assert main(["lid", "--params", str(broken), "--dataset", "digits", "--tau", "0.5", "--out", str(tmp_path / "z")]) == 2
+    assert "is not a readable metaedit params file" in capsys.readouterr().err
