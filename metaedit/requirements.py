@@ -1,0 +1,220 @@
+"""Requirements a network must meet, as a registry: a soft training loss and an exact compliance test.
+
+Each :class:`Requirement` has
+  * ``penalty(spec, params, batch) -> []``: a differentiable measure R in [0, 1] to minimise
+    (soft predictions, smooth counts), used in editor training as ``lambda * R + (1 - lambda) * JSD``;
+  * ``measure(spec, params, data) -> float``: the exact metric on concrete data and weights;
+  * ``complies(value, target) -> bool``: the hard compliance test at a requirement target
+    (k groups, epsilon, sparsity s), with ``target_range`` for sampling targets in training.
+
+Registered: ``minimisation`` (raw feature groups the network still reads), ``fairness``
+(equalised-odds gap; ``demographic_parity`` beside it) and ``pruning`` (sparsity of the weights).
+Utility helpers: :func:`jsd` and :func:`accuracy`. All functions take one network; vmap them over a
+population.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaedit import nets
+
+
+class RequirementError(ValueError):
+    """An unknown requirement, or one that the data or network cannot support."""
+
+
+class Batch(NamedTuple):
+    """x [n, ...], y [n] int, s [n] int (sensitive attribute; zeros where unused)."""
+
+    x: Any
+    y: Any
+    s: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+    """See the module docstring. ``higher_is_compliant``: True when compliance means measure >= target."""
+
+    name: str
+    penalty: Callable[..., jax.Array]
+    measure: Callable[..., float]
+    target_range: tuple[float, float]
+    higher_is_compliant: bool
+    description: str
+
+    def complies(self, value: float, target: float) -> bool:
+        return bool(value >= target) if self.higher_is_compliant else bool(value <= target)
+
+
+# --------------------------------------------------------------------------- utility
+
+
+def jsd(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
+    """Mean Jensen-Shannon divergence (nats) between the softmax distributions of [n, C] logits."""
+    log_p, log_q = jax.nn.log_softmax(logits_p), jax.nn.log_softmax(logits_q)
+    log_m = jnp.logaddexp(log_p, log_q) - jnp.log(2.0)
+    kl = lambda log_a: (jnp.exp(log_a) * (log_a - log_m)).sum(-1)  # noqa: E731
+    return (0.5 * (kl(log_p) + kl(log_q))).mean()
+
+
+def accuracy(spec: nets.Spec, params: nets.Params, x, y) -> jax.Array:
+    return (nets.apply(spec, params, x).argmax(-1) == y).mean()
+
+
+# --------------------------------------------------------------------------- data minimisation
+
+
+def _input_rows(spec: nets.Spec, params: nets.Params) -> jax.Array:
+    """[d, out] the first layer's outgoing weights per input column (an MLP's first kernel)."""
+    if not isinstance(spec, nets.MLPSpec):
+        raise RequirementError("data minimisation needs an MLP on tabular features")
+    return params[nets.layers(spec)[0].name]["kernel"]
+
+
+def groups_read(spec: nets.Spec, params: nets.Params, groups: Sequence[Sequence[int]]) -> int:
+    """Exact number of feature groups with at least one non-zero outgoing weight."""
+    rows = np.asarray(_input_rows(spec, params))
+    return int(sum(bool((rows[list(g)] != 0).any()) for g in groups))
+
+
+def soft_groups_read(spec: nets.Spec, params: nets.Params, groups: Sequence[Sequence[int]],
+                     scale: float = 1e-2) -> jax.Array:
+    """Smooth fraction of groups read: mean over groups of ``1 - exp(-||W_g||^2 / scale)``."""
+    rows = _input_rows(spec, params)
+    norms = jnp.stack([(rows[jnp.asarray(g)] ** 2).sum() for g in groups])
+    return (1.0 - jnp.exp(-norms / scale)).mean()
+
+
+# --------------------------------------------------------------------------- fairness
+
+
+def _positive_probability(spec, params, x) -> jax.Array:
+    return jax.nn.softmax(nets.apply(spec, params, x))[:, 1]
+
+
+def _rate(values, mask):
+    return (values * mask).sum() / jnp.maximum(mask.sum(), 1)
+
+
+def equalised_odds_gap(y_true, y_score, s) -> jax.Array:
+    """max over y in {0, 1} of |P(yhat=1 | s=1, Y=y) - P(yhat=1 | s=0, Y=y)|; y_score may be soft."""
+    gaps = []
+    for label in (0, 1):
+        in_label = (y_true == label).astype(y_score.dtype)
+        a = _rate(y_score, in_label * (s == 1))
+        b = _rate(y_score, in_label * (s == 0))
+        gaps.append(jnp.abs(a - b))
+    return jnp.maximum(*gaps)
+
+
+def demographic_parity_gap(y_score, s) -> jax.Array:
+    """|P(yhat=1 | s=1) - P(yhat=1 | s=0)|; y_score may be soft."""
+    ones = jnp.ones_like(y_score)
+    return jnp.abs(_rate(y_score, ones * (s == 1)) - _rate(y_score, ones * (s == 0)))
+
+
+def _check_binary(spec: nets.Spec, what: str) -> None:
+    if spec.num_classes != 2:
+        raise RequirementError(f"{what} needs a binary classifier; this network has {spec.num_classes} classes")
+
+
+def hard_equalised_odds(spec, params, batch: Batch) -> float:
+    _check_binary(spec, "equalised odds")
+    predictions = (nets.apply(spec, params, batch.x).argmax(-1) == 1).astype(jnp.float32)
+    return float(equalised_odds_gap(batch.y, predictions, batch.s))
+
+
+def soft_equalised_odds(spec, params, batch: Batch) -> jax.Array:
+    return equalised_odds_gap(batch.y, _positive_probability(spec, params, batch.x), batch.s)
+
+
+def hard_demographic_parity(spec, params, batch: Batch) -> float:
+    _check_binary(spec, "demographic parity")
+    predictions = (nets.apply(spec, params, batch.x).argmax(-1) == 1).astype(jnp.float32)
+    return float(demographic_parity_gap(predictions, batch.s))
+
+
+def soft_demographic_parity(spec, params, batch: Batch) -> jax.Array:
+    return demographic_parity_gap(_positive_probability(spec, params, batch.x), batch.s)
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def _kernels(spec, params):
+    return [params[layer.name]["kernel"] for layer in nets.layers(spec)]
+
+
+def sparsity(spec: nets.Spec, params: nets.Params) -> float:
+    """Exact fraction of kernel weights that are 0 (biases are not counted)."""
+    kernels = [np.asarray(k) for k in _kernels(spec, params)]
+    return float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
+
+
+def soft_density(spec: nets.Spec, params: nets.Params, scale: float = 1e-4) -> jax.Array:
+    """Smooth fraction of non-zero kernel weights: mean of ``1 - exp(-w^2 / scale)``."""
+    kernels = _kernels(spec, params)
+    total = sum(k.size for k in kernels)
+    return sum((1.0 - jnp.exp(-(k ** 2) / scale)).sum() for k in kernels) / total
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _minimisation(groups: Sequence[Sequence[int]]) -> Requirement:
+    return Requirement(
+        name="minimisation",
+        penalty=lambda spec, params, batch: soft_groups_read(spec, params, groups),
+        measure=lambda spec, params, batch: groups_read(spec, params, groups),
+        target_range=(1.0, float(len(groups))),
+        higher_is_compliant=False,
+        description="number of raw feature groups the network reads; compliant when <= k",
+    )
+
+
+FAIRNESS = Requirement(
+    name="fairness",
+    penalty=soft_equalised_odds,
+    measure=hard_equalised_odds,
+    target_range=(0.0, 0.2),
+    higher_is_compliant=False,
+    description="equalised-odds gap; compliant when <= epsilon",
+)
+
+DEMOGRAPHIC_PARITY = Requirement(
+    name="demographic_parity",
+    penalty=soft_demographic_parity,
+    measure=hard_demographic_parity,
+    target_range=(0.0, 0.2),
+    higher_is_compliant=False,
+    description="demographic-parity gap; compliant when <= epsilon",
+)
+
+PRUNING = Requirement(
+    name="pruning",
+    penalty=lambda spec, params, batch: soft_density(spec, params),
+    measure=lambda spec, params, batch: sparsity(spec, params),
+    target_range=(0.5, 0.99),
+    higher_is_compliant=True,
+    description="fraction of zero kernel weights; compliant when >= s",
+)
+
+NAMES = ("minimisation", "fairness", "demographic_parity", "pruning")
+
+
+def get(name: str, feature_groups: Sequence[Sequence[int]] = ()) -> Requirement:
+    """The requirement registered as ``name`` (minimisation needs the data set's feature groups)."""
+    if name == "minimisation":
+        if not feature_groups:
+            raise RequirementError("data minimisation needs the data set's feature groups (a tabular data set)")
+        return _minimisation(feature_groups)
+    table = {"fairness": FAIRNESS, "demographic_parity": DEMOGRAPHIC_PARITY, "pruning": PRUNING}
+    if name not in table:
+        raise RequirementError(f"unknown requirement {name!r}; known: {', '.join(NAMES)}")
+    return table[name]
