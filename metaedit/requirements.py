@@ -5,7 +5,9 @@ Each :class:`Requirement` has
     (soft predictions, smooth counts), used in editor training as ``lambda * R + (1 - lambda) * JSD``;
   * ``measure(spec, params, data) -> float``: the exact metric on concrete data and weights;
   * ``complies(value, target) -> bool``: the hard compliance test at a requirement target
-    (k groups, epsilon, sparsity s), with ``target_range`` for sampling targets in training.
+    (k groups, epsilon, sparsity s), with ``target_range`` for sampling targets in training;
+  * ``excess(spec, params, batch, target) -> []``: the soft amount by which the target is missed
+    (0 once it is met), the R of editor training when the target is part of the condition.
 
 Registered: ``minimisation`` (raw feature groups the network still reads), ``fairness``
 (equalised-odds gap; ``demographic_parity`` beside it) and ``pruning`` (sparsity of the weights).
@@ -47,6 +49,7 @@ class Requirement:
     target_range: tuple[float, float]
     higher_is_compliant: bool
     description: str
+    excess: Callable[..., jax.Array]
 
     def complies(self, value: float, target: float) -> bool:
         return bool(value >= target) if self.higher_is_compliant else bool(value <= target)
@@ -168,13 +171,15 @@ def soft_density(spec: nets.Spec, params: nets.Params, scale: float = 1e-4) -> j
 
 
 def _minimisation(groups: Sequence[Sequence[int]]) -> Requirement:
+    count = float(len(groups))
     return Requirement(
         name="minimisation",
         penalty=lambda spec, params, batch: soft_groups_read(spec, params, groups),
         measure=lambda spec, params, batch: groups_read(spec, params, groups),
-        target_range=(1.0, float(len(groups))),
+        target_range=(1.0, count),
         higher_is_compliant=False,
         description="number of raw feature groups the network reads; compliant when <= k",
+        excess=lambda spec, params, batch, k: jax.nn.relu(soft_groups_read(spec, params, groups) - k / count),
     )
 
 
@@ -185,6 +190,7 @@ FAIRNESS = Requirement(
     target_range=(0.0, 0.2),
     higher_is_compliant=False,
     description="equalised-odds gap; compliant when <= epsilon",
+    excess=lambda spec, params, batch, eps: jax.nn.relu(soft_equalised_odds(spec, params, batch) - eps),
 )
 
 DEMOGRAPHIC_PARITY = Requirement(
@@ -194,6 +200,7 @@ DEMOGRAPHIC_PARITY = Requirement(
     target_range=(0.0, 0.2),
     higher_is_compliant=False,
     description="demographic-parity gap; compliant when <= epsilon",
+    excess=lambda spec, params, batch, eps: jax.nn.relu(soft_demographic_parity(spec, params, batch) - eps),
 )
 
 PRUNING = Requirement(
@@ -203,6 +210,7 @@ PRUNING = Requirement(
     target_range=(0.5, 0.99),
     higher_is_compliant=True,
     description="fraction of zero kernel weights; compliant when >= s",
+    excess=lambda spec, params, batch, s: jax.nn.relu(soft_density(spec, params) - (1.0 - s)),
 )
 
 NAMES = ("minimisation", "fairness", "demographic_parity", "pruning")
