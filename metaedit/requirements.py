@@ -183,25 +183,22 @@ def _minimisation(groups: Sequence[Sequence[int]]) -> Requirement:
     )
 
 
-FAIRNESS = Requirement(
-    name="fairness",
-    penalty=soft_equalised_odds,
-    measure=hard_equalised_odds,
-    target_range=(0.0, 0.2),
-    higher_is_compliant=False,
-    description="equalised-odds gap; compliant when <= epsilon",
-    excess=lambda spec, params, batch, eps: jax.nn.relu(soft_equalised_odds(spec, params, batch) - eps),
-)
+def _gap_requirement(name: str, soft, hard, what: str) -> Requirement:
+    """A fairness gap: compliant when the hard gap on held-out data is <= epsilon."""
+    return Requirement(
+        name=name,
+        penalty=soft,
+        measure=hard,
+        target_range=(0.0, 0.2),
+        higher_is_compliant=False,
+        description=f"{what} gap; compliant when <= epsilon",
+        excess=lambda spec, params, batch, eps: jax.nn.relu(soft(spec, params, batch) - eps),
+    )
 
-DEMOGRAPHIC_PARITY = Requirement(
-    name="demographic_parity",
-    penalty=soft_demographic_parity,
-    measure=hard_demographic_parity,
-    target_range=(0.0, 0.2),
-    higher_is_compliant=False,
-    description="demographic-parity gap; compliant when <= epsilon",
-    excess=lambda spec, params, batch, eps: jax.nn.relu(soft_demographic_parity(spec, params, batch) - eps),
-)
+
+FAIRNESS = _gap_requirement("fairness", soft_equalised_odds, hard_equalised_odds, "equalised-odds")
+DEMOGRAPHIC_PARITY = _gap_requirement("demographic_parity", soft_demographic_parity, hard_demographic_parity,
+                                      "demographic-parity")
 
 PRUNING = Requirement(
     name="pruning",
