@@ -230,8 +230,8 @@ def _lagrangian(theta, problem: LIDProblem, constraints, multipliers, penalty):
         scaled_margin = (margin - tol) / c.temperature
         certifiable = _point_margin(problem, constraint) > tol
         surrogate = jax.nn.sigmoid(scaled_margin) + c.leak * jnp.minimum(scaled_margin, 0.0) * certifiable
-        soft.append(specs._weighted_mean(surrogate, constraint.weight))
-        hard.append(specs._weighted_mean((margin > tol).astype(margin.dtype), constraint.weight))
+        soft.append(specs.weighted_mean(surrogate, constraint.weight))
+        hard.append(specs.weighted_mean((margin > tol).astype(margin.dtype), constraint.weight))
     taus = jnp.stack([jnp.asarray(k.tau, penalty.dtype) for k in constraints]) + c.tau_slack
     violation = taus - jnp.stack(soft)
     augmented = (jax.nn.relu(multipliers + penalty * violation) ** 2 - multipliers ** 2) / (2 * penalty)

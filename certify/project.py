@@ -100,14 +100,19 @@ def distance(a: Params, b: Params) -> jax.Array:
     return jnp.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
 
 
+def _nearest(domains: Sequence[Domain], params: Params) -> tuple[Params, jax.Array]:
+    """The projection onto the nearest domain and its index (traceable: no host round trip)."""
+    candidates = [project(d, params) for d in domains]
+    index = jnp.argmin(jnp.stack([distance(c, params) for c in candidates]))
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves)[index], *candidates), index
+
+
 def project_union(domains: Sequence[Domain], params: Params) -> tuple[Params, int]:
     """The projection onto the nearest of several domains, and that domain's index."""
     if not domains:
         raise ValueError("project_union needs at least one domain")
-    candidates = [project(d, params) for d in domains]
-    distances = jnp.stack([distance(c, params) for c in candidates])
-    index = int(jnp.argmin(distances))
-    return candidates[index], index
+    point, index = _nearest(domains, params)
+    return point, int(index)
 
 
 def contains(domain: Domain, params: Params, rtol: float = 0.0) -> bool:
@@ -143,13 +148,7 @@ def projected(inner: optax.GradientTransformation, domain: Domain | Sequence[Dom
             raise ValueError("projected(...).update needs params")
         updates, state = inner.update(updates, state, params)
         target = optax.apply_updates(params, updates)
-        if many:
-            candidates = [project(d, target) for d in domain]
-            distances = jnp.stack([distance(c, target) for c in candidates])
-            index = jnp.argmin(distances)
-            target = jax.tree.map(lambda *leaves: jnp.stack(leaves)[index], *candidates)
-        else:
-            target = project(domain, target)
+        target = _nearest(domain, target)[0] if many else project(domain, target)
         return jax.tree.map(jnp.subtract, target, params), state
 
     return optax.GradientTransformation(init, update)

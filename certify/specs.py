@@ -46,7 +46,8 @@ def certified(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, margi
     return output_bounds(spec, domain, x, y).margin_lo > tol
 
 
-def _weighted_mean(values: jax.Array, weight: jax.Array | None) -> jax.Array:
+def weighted_mean(values: jax.Array, weight: jax.Array | None) -> jax.Array:
+    """Mean of [n] values, weighted by [n] weights when given."""
     if weight is None:
         return values.mean()
     return (values * weight).sum() / weight.sum()
@@ -54,7 +55,7 @@ def _weighted_mean(values: jax.Array, weight: jax.Array | None) -> jax.Array:
 
 def certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, margin_tol: float | None = None) -> jax.Array:
     """The (weighted) fraction of certified samples: a hard, piecewise-constant number."""
-    return _weighted_mean(certified(spec, domain, x, y, margin_tol).astype(x.dtype), weight)
+    return weighted_mean(certified(spec, domain, x, y, margin_tol).astype(x.dtype), weight)
 
 
 def soft_certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, temperature: float = 0.1,
@@ -62,7 +63,7 @@ def soft_certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, 
     """A smooth surrogate: the mean of ``sigmoid((margin_lo - tol) / temperature)``."""
     tol = default_margin_tol(x.dtype) if margin_tol is None else margin_tol
     margin = output_bounds(spec, domain, x, y).margin_lo
-    return _weighted_mean(jax.nn.sigmoid((margin - tol) / temperature), weight)
+    return weighted_mean(jax.nn.sigmoid((margin - tol) / temperature), weight)
 
 
 def balanced_weights(y: np.ndarray, num_classes: int) -> np.ndarray:

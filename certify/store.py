@@ -87,6 +87,3 @@ def certify_again(stored: StoredLIDs, index: int, x_cert, y_cert, x_heldout, y_h
     taus = [c["tau"] for c in stored.record["lids"][index]["certificates"]]
     return [specs.certificate(stored.spec, stored.domains[index], specs.Constraint(x_cert, y_cert, tau),
                               x_heldout, y_heldout, confidence) for tau in taus]
-
-
-
