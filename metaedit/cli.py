@@ -6,6 +6,9 @@
     metaedit export --zoo runs/adult-zoo --member 3 --out member3.npz
     metaedit lid --zoo runs/adult-zoo --member 3 --tau 0.8 --domain box --out runs/lid-box
     metaedit check --lid runs/lid-box [--params member3.npz] [--json]
+    metaedit train-editor --zoo runs/adult-zoo --requirement pruning --steps 400 --out runs/editor-pruning
+    metaedit evaluate --editor runs/editor-pruning --zoo runs/adult-zoo [--json]
+    metaedit edit --editor runs/editor-pruning --params member3.npz --lambda 0.5 --out edited.npz
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -206,6 +210,74 @@ def _export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_editor_command(args: argparse.Namespace) -> int:
+    from metaedit import editor
+
+    trained = zoo.load_zoo(args.zoo)
+    dataset = datasets.load_source(trained.dataset)
+    config = editor.EditorTrainConfig(requirement=args.requirement, steps=args.steps, chunk_steps=args.chunk_steps,
+                                      networks_per_step=args.networks_per_step, seed=args.seed)
+    editor.train_editor(trained.spec, trained.subset("train"), dataset, config, workdir=args.out,
+                        progress=not args.no_progress, identity={"zoo": str(Path(args.zoo).resolve())})
+    print(f"editor for {args.requirement} saved in {args.out}", file=sys.stderr)
+    return 0
+
+
+def _editor_and_requirement(directory: str):
+    from metaedit import editor, requirements
+
+    trained_editor, record = editor.load_editor(directory)
+    spec = nets.spec_from_dict(record["spec"])
+    dataset = datasets.load_source(record["dataset"])
+    requirement = requirements.get(record["config"]["requirement"], dataset.feature_groups)
+    return trained_editor, record, spec, dataset, requirement
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from metaedit import editor
+
+    trained_editor, record, spec, dataset, requirement = _editor_and_requirement(args.editor)
+    trained = zoo.load_zoo(args.zoo)
+    if trained.spec != spec:
+        raise gmn_error(f"the editor was trained on {nets.describe(spec)} networks; the zoo holds "
+                        f"{nets.describe(trained.spec)}")
+    target = args.target if args.target is not None else editor.default_target(requirement, dataset.feature_groups)
+    lambdas = [float(v) for v in args.lambdas.split(",")]
+    rows = editor.evaluate_editor(trained_editor, spec, requirement, trained.subset("test"), dataset, lambdas, target)
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"lambda {row['lambda']:.2f}: compliant {row['compliance_rate']:.3f} at target {row['target']}, "
+                  f"accuracy change {100 * row['accuracy_change']:+.2f} points, JSD {row['jsd']:.4f}, "
+                  f"{1e3 * row['seconds_per_edit']:.2f} ms per edit")
+    return 0
+
+
+def _edit_command(args: argparse.Namespace) -> int:
+    from metaedit import editor, gmn
+
+    trained_editor, record, spec, dataset, requirement = _editor_and_requirement(args.editor)
+    editor.check_lambda(args.lambda_)
+    params_spec, params = nets.load_params(args.params)
+    if params_spec != spec:
+        raise gmn_error(f"{args.params} is a {nets.describe(params_spec)} network; the editor edits {nets.describe(spec)}")
+    target = args.target if args.target is not None else editor.default_target(requirement, dataset.feature_groups)
+    import jax.numpy as jnp
+
+    cond = editor.condition(requirement, jnp.asarray(args.lambda_, jnp.float32), jnp.asarray(target, jnp.float32))
+    edited = gmn.edit(trained_editor, spec, params, cond)
+    nets.save_params(args.out, spec, {n: {k: np.asarray(v) for k, v in layer.items()} for n, layer in edited.items()})
+    print(f"edited network written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def gmn_error(message: str) -> Exception:
+    from metaedit.gmn import EditorError
+
+    return EditorError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaedit", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -265,14 +337,44 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser.add_argument("--params", help="params file to test for membership (default: the LID's own network)")
     check_parser.add_argument("--json", action="store_true")
     check_parser.set_defaults(run=_check_command)
+
+    train_parser = commands.add_parser("train-editor", help="train one editor for a requirement on a zoo")
+    train_parser.add_argument("--zoo", required=True)
+    train_parser.add_argument("--requirement", required=True,
+                              choices=("minimisation", "fairness", "demographic_parity", "pruning"))
+    train_parser.add_argument("--steps", type=int, default=1000)
+    train_parser.add_argument("--chunk-steps", type=int, default=100)
+    train_parser.add_argument("--networks-per-step", type=int, default=8)
+    train_parser.add_argument("--seed", type=int, default=0)
+    train_parser.add_argument("--out", required=True)
+    train_parser.add_argument("--no-progress", action="store_true")
+    train_parser.set_defaults(run=_train_editor_command)
+
+    evaluate_parser = commands.add_parser("evaluate", help="evaluate an editor on a zoo's held-out networks")
+    evaluate_parser.add_argument("--editor", required=True)
+    evaluate_parser.add_argument("--zoo", required=True)
+    evaluate_parser.add_argument("--lambdas", default="0,0.25,0.5,0.75,1")
+    evaluate_parser.add_argument("--target", type=float, help="requirement target (default: 0.05 gap, 0.9 sparsity, half the groups)")
+    evaluate_parser.add_argument("--json", action="store_true", help="one JSON object per lambda")
+    evaluate_parser.set_defaults(run=_evaluate_command)
+
+    edit_parser = commands.add_parser("edit", help="edit one network (a params file) with a trained editor")
+    edit_parser.add_argument("--editor", required=True)
+    edit_parser.add_argument("--params", required=True)
+    edit_parser.add_argument("--lambda", dest="lambda_", type=float, required=True)
+    edit_parser.add_argument("--target", type=float)
+    edit_parser.add_argument("--out", required=True)
+    edit_parser.set_defaults(run=_edit_command)
     return parser
 
 
 def _user_errors() -> tuple:
     from certify import domains, lid, specs
+    from metaedit import editor, gmn, requirements
 
     return (datasets.DatasetError, nets.SpecError, zoo.ZooError, checkpoint.CheckpointError,
-            lid.LIDError, specs.SpecError, domains.DomainError)
+            lid.LIDError, specs.SpecError, domains.DomainError, editor.EditorTrainingError,
+            gmn.EditorError, requirements.RequirementError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -194,3 +195,65 @@ def evaluation_loss(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
     _, metrics = jax.jit(functools.partial(editing_loss, gmn_config=editor.config, spec=spec, requirement=requirement))(
         editor.variables, params=params, batch=batch, lam=jnp.full((n,), lam), target=jnp.full((n,), target))
     return {k: float(v) for k, v in metrics.items()}
+
+
+DEFAULT_TARGETS = {"fairness": 0.05, "demographic_parity": 0.05, "pruning": 0.9}
+
+
+def default_target(requirement: Requirement, feature_groups=()) -> float:
+    """The target the issue's experiments use: epsilon 0.05, sparsity 0.9, half the feature groups."""
+    if requirement.name == "minimisation":
+        return float(len(feature_groups) // 2)
+    return DEFAULT_TARGETS[requirement.name]
+
+
+def load_editor(workdir: str | Path) -> tuple[gmn.Editor, dict]:
+    """The editor saved by a finished :func:`train_editor` run, and its record."""
+    step, record = checkpoint.read_record(workdir)
+    if record.get("format") != EDITOR_FORMAT:
+        raise checkpoint.CheckpointError(f"{workdir} does not hold a metaedit editor")
+    if not record.get("complete"):
+        raise EditorTrainingError(f"the editor in {workdir} is unfinished ({record.get('chunks_done')} chunks); "
+                                  f"run the same train-editor command again to resume")
+    gmn_config = gmn.GMNConfig(**record["gmn"])
+    config = EditorTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
+    variables = jax.eval_shape(lambda: gmn.init_editor(gmn_config, jax.random.key(0)).variables)
+    abstract = jax.eval_shape(lambda v: EditorState(v, optimizer(config).init(v), jnp.zeros((), jnp.int32)), variables)
+    state, record = checkpoint.restore(workdir, abstract, step=step)
+    return gmn.Editor(gmn_config, state.variables), record
+
+
+def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
+                    dataset: Dataset, lambdas, target: float) -> list[dict]:
+    """Hard edits of stacked held-out ``params`` at each lambda, measured on the test split.
+
+    One dict per lambda: ``lambda``, ``target``, ``compliance_rate``, ``accuracy_change`` (mean, in
+    accuracy units), ``jsd`` (mean), ``requirement_value`` (mean) and ``seconds_per_edit``.
+    """
+    for lam in lambdas:
+        check_lambda(lam)
+    x, y = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+    s = jnp.asarray(dataset.s_test) if dataset.s_test is not None else jnp.zeros_like(y)
+    batch = Batch(x, y, s)
+    count = jax.tree.leaves(params)[0].shape[0]
+    logits = jax.jit(jax.vmap(lambda p: nets.apply(spec, p, x)))
+    before = logits(params)
+    accuracy_before = (before.argmax(-1) == y).mean(-1)
+    rows = []
+    for lam in lambdas:
+        cond = condition(requirement, jnp.asarray(lam, jnp.float32), jnp.asarray(target, jnp.float32))
+        gmn.edit(editor, spec, params, cond)  # compile outside the timing
+        started = time.perf_counter()
+        edited = jax.block_until_ready(gmn.edit(editor, spec, params, cond))
+        seconds = (time.perf_counter() - started) / count
+        after = logits(edited)
+        values = [requirement.measure(spec, jax.tree.map(lambda leaf, i=i: leaf[i], edited), batch) for i in range(count)]
+        divergence = jax.vmap(requirements.jsd)(before, after)
+        rows.append({
+            "lambda": float(lam), "target": float(target),
+            "compliance_rate": float(np.mean([requirement.complies(v, target) for v in values])),
+            "accuracy_change": float(((after.argmax(-1) == y).mean(-1) - accuracy_before).mean()),
+            "jsd": float(divergence.mean()), "requirement_value": float(np.mean(values)),
+            "seconds_per_edit": seconds,
+        })
+    return rows

@@ -133,3 +133,27 @@ def test_lid_bad_inputs(small_zoo, tmp_path, capsys):
     assert main(["check", "--lid", str(small_zoo), "--params", str(broken)]) == 2
     assert main(["lid", "--params", str(broken), "--dataset", "digits", "--tau", "0.5", "--out", str(tmp_path / "z")]) == 2
     assert "is not a readable metaedit params file" in capsys.readouterr().err
+
+
+def test_train_editor_evaluate_and_edit(small_zoo, tmp_path, capsys):
+    out = tmp_path / "editor"
+    assert main(["train-editor", "--zoo", str(small_zoo), "--requirement", "pruning", "--steps", "20",
+                 "--chunk-steps", "10", "--networks-per-step", "2", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--editor", str(out), "--zoo", str(small_zoo), "--lambdas", "0,1", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["lambda"] for r in rows] == [0.0, 1.0]
+    for row in rows:
+        assert set(row) >= {"lambda", "compliance_rate", "accuracy_change", "jsd", "seconds_per_edit"}
+        assert 0 <= row["compliance_rate"] <= 1 and row["seconds_per_edit"] > 0
+    member = tmp_path / "m.npz"
+    main(["export", "--zoo", str(small_zoo), "--member", "0", "--out", str(member)])
+    assert main(["edit", "--editor", str(out), "--params", str(member), "--lambda", "0.5", "--out", str(tmp_path / "e.npz")]) == 0
+    from metaedit import nets
+    spec, edited = nets.load_params(tmp_path / "e.npz")
+    assert edited["dense_0"]["kernel"].shape == (30, 8)
+    assert main(["edit", "--editor", str(out), "--params", str(member), "--lambda", "1.5", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "lambda must lie in [0, 1]" in capsys.readouterr().err
+    assert main(["train-editor", "--zoo", str(small_zoo), "--requirement", "fairness", "--steps", "10",
+                 "--out", str(tmp_path / "f"), "--no-progress"]) == 2
+    assert "needs a data set with a sensitive attribute" in capsys.readouterr().err
