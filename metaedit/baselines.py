@@ -1,0 +1,193 @@
+"""Baselines for the compliance edits, on the same held-out networks as the editor.
+
+Registry ``BASELINES[requirement]`` maps names to functions
+``baseline(spec, params [P, ...], dataset, target, **options) -> BaselineResult``; every network is
+edited (vmapped where the method allows), and the wall time per network is reported.
+
+* pruning: ``magnitude`` (global magnitude pruning of kernel weights to sparsity s) and
+  ``magnitude+finetune`` (then AdamW on the training data with the pruning mask held fixed);
+* minimisation: ``group_norm`` (zero the outgoing weights of all but the k feature groups with the
+  largest first-layer norm) and ``group_norm+finetune`` (mask held fixed);
+* fairness: ``threshold_optimizer`` (fairlearn's ``ThresholdOptimizer`` with equalised odds, a
+  post-processing that needs the sensitive attribute at prediction time; it yields predictions, not
+  a network) and ``penalty_finetune`` (fine-tuning with the soft equalised-odds gap as a penalty).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metaedit import nets, requirements
+from metaedit.datasets import Dataset
+
+
+class BaselineResult(NamedTuple):
+    """params: edited stacked params (None for prediction-only methods); predictions: [P, n_test]
+    hard test predictions; seconds_per_edit: wall time per network."""
+
+    params: Any
+    predictions: np.ndarray
+    seconds_per_edit: float
+
+
+def _kernel_names(spec):
+    return [layer.name for layer in nets.layers(spec)]
+
+
+def magnitude_masks(spec: nets.Spec, params: nets.Params, sparsity: float) -> nets.Params:
+    """0/1 masks [P, ...] that keep each network's largest-magnitude kernel weights (globally across
+    layers) so that a ``sparsity`` fraction is zero; biases are always kept."""
+    names = _kernel_names(spec)
+
+    def one(p):
+        flat = jnp.concatenate([jnp.abs(p[n]["kernel"]).reshape(-1) for n in names])
+        cut = int(np.floor(sparsity * flat.size))
+        threshold = jnp.sort(flat)[cut - 1] if cut > 0 else -jnp.inf
+        return {n: {"kernel": (jnp.abs(p[n]["kernel"]) > threshold).astype(p[n]["kernel"].dtype),
+                    "bias": jnp.ones_like(p[n]["bias"])} for n in names}
+
+    return jax.vmap(one)(params)
+
+
+def group_masks(spec: nets.Spec, params: nets.Params, groups, keep: int) -> nets.Params:
+    """0/1 masks [P, ...] zeroing the first-layer rows of all but the ``keep`` groups with the
+    largest first-layer weight norm."""
+    first = nets.layers(spec)[0].name
+
+    def one(p):
+        rows = p[first]["kernel"]
+        norms = jnp.stack([jnp.sqrt((rows[jnp.asarray(g)] ** 2).sum()) for g in groups])
+        kept = jnp.argsort(-norms)[:keep]
+        column_keep = jnp.zeros(rows.shape[0], rows.dtype)
+        for i, g in enumerate(groups):
+            column_keep = column_keep.at[jnp.asarray(g)].set(jnp.any(kept == i).astype(rows.dtype))
+        masks = jax.tree.map(jnp.ones_like, p)
+        masks[first] = {"kernel": jnp.broadcast_to(column_keep[:, None], rows.shape), "bias": jnp.ones_like(p[first]["bias"])}
+        return masks
+
+    return jax.vmap(one)(params)
+
+
+def finetune(spec: nets.Spec, params: nets.Params, masks: nets.Params, dataset: Dataset, steps: int = 200,
+             learning_rate: float = 1e-3, batch: int = 128, penalty: Callable | None = None, weight: float = 1.0,
+             seed: int = 0) -> nets.Params:
+    """AdamW fine-tuning of every network (vmapped) with ``masks`` held fixed, optionally adding
+    ``weight * penalty(spec, params, batch)``; returns the masked, fine-tuned params."""
+    x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    s = jnp.asarray(dataset.s_train) if dataset.s_train is not None else jnp.zeros_like(y)
+    tx = optax.adamw(learning_rate)
+
+    def one(p, m, key):
+        p = jax.tree.map(jnp.multiply, p, m)
+
+        def loss(q, rows):
+            q = jax.tree.map(jnp.multiply, q, m)
+            value = optax.softmax_cross_entropy_with_integer_labels(nets.apply(spec, q, x[rows]), y[rows]).mean()
+            if penalty is not None:
+                value = value + weight * penalty(spec, q, requirements.Batch(x[rows], y[rows], s[rows]))
+            return value
+
+        def step(carry, k):
+            q, state = carry
+            grads = jax.grad(loss)(q, jax.random.randint(k, (batch,), 0, y.shape[0]))
+            updates, state = tx.update(grads, state, q)
+            return (optax.apply_updates(q, updates), state), None
+
+        (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), jax.random.split(key, steps))
+        return jax.tree.map(jnp.multiply, p, m)
+
+    count = jax.tree.leaves(params)[0].shape[0]
+    return jax.jit(jax.vmap(one))(params, masks, jax.random.split(jax.random.key(seed), count))
+
+
+def _predict(spec, params, dataset) -> np.ndarray:
+    x = jnp.asarray(dataset.x_test)
+    return np.asarray(jax.jit(jax.vmap(lambda p: nets.apply(spec, p, x).argmax(-1)))(params))
+
+
+def _timed(spec, params, dataset, make: Callable[[], nets.Params]) -> BaselineResult:
+    count = jax.tree.leaves(params)[0].shape[0]
+    make()  # compile
+    started = time.perf_counter()
+    edited = jax.block_until_ready(make())
+    return BaselineResult(edited, _predict(spec, edited, dataset), (time.perf_counter() - started) / count)
+
+
+def magnitude(spec, params, dataset, sparsity, finetune_steps: int = 0) -> BaselineResult:
+    def make():
+        masks = magnitude_masks(spec, params, sparsity)
+        if finetune_steps:
+            return finetune(spec, params, masks, dataset, finetune_steps)
+        return jax.tree.map(jnp.multiply, params, masks)
+    return _timed(spec, params, dataset, make)
+
+
+def group_norm(spec, params, dataset, keep, finetune_steps: int = 0) -> BaselineResult:
+    def make():
+        masks = group_masks(spec, params, dataset.feature_groups, int(keep))
+        if finetune_steps:
+            return finetune(spec, params, masks, dataset, finetune_steps)
+        return jax.tree.map(jnp.multiply, params, masks)
+    return _timed(spec, params, dataset, make)
+
+
+def penalty_finetune(spec, params, dataset, epsilon, steps: int = 200, weight: float = 5.0) -> BaselineResult:
+    ones = jax.tree.map(jnp.ones_like, params)
+    return _timed(spec, params, dataset, lambda: finetune(
+        spec, params, ones, dataset, steps, penalty=requirements.soft_equalised_odds, weight=weight))
+
+
+def threshold_optimizer(spec, params, dataset, epsilon=None) -> BaselineResult:
+    """fairlearn's ``ThresholdOptimizer(constraints="equalized_odds")`` fitted per network on the
+    training split on the network's positive-class probability; test predictions use the sensitive
+    attribute. ``epsilon`` is unused: the method aims at a zero gap."""
+    from fairlearn.postprocessing import ThresholdOptimizer
+    from sklearn.base import BaseEstimator
+
+    class _Scores(BaseEstimator):
+        """A fitted scikit-learn estimator whose ``predict`` is the network's positive-class probability."""
+
+        def __init__(self, p=None):
+            self.p = p
+            self.classes_ = np.array([0, 1])
+
+        def fit(self, x, y):
+            return self
+
+        def predict(self, x):
+            probability = jax.nn.softmax(nets.apply(spec, self.p, jnp.asarray(x, jnp.float32)))[:, 1]
+            return np.asarray(probability, np.float64)  # float64: pandas 3 refuses a lossy write into float32
+
+    count = jax.tree.leaves(params)[0].shape[0]
+    predictions = []
+    started = time.perf_counter()
+    for i in range(count):
+        member = jax.tree.map(lambda leaf: leaf[i], params)
+        post = ThresholdOptimizer(estimator=_Scores(member), constraints="equalized_odds", prefit=True,
+                                  predict_method="predict")
+        post.fit(dataset.x_train, dataset.y_train, sensitive_features=dataset.s_train)
+        predictions.append(post.predict(dataset.x_test, sensitive_features=dataset.s_test, random_state=i))
+    return BaselineResult(None, np.asarray(predictions), (time.perf_counter() - started) / count)
+
+
+BASELINES: dict[str, dict[str, Callable[..., BaselineResult]]] = {
+    "pruning": {
+        "magnitude": magnitude,
+        "magnitude+finetune": functools.partial(magnitude, finetune_steps=200),
+    },
+    "minimisation": {
+        "group_norm": group_norm,
+        "group_norm+finetune": functools.partial(group_norm, finetune_steps=200),
+    },
+    "fairness": {
+        "threshold_optimizer": threshold_optimizer,
+        "penalty_finetune": penalty_finetune,
+    },
+}
