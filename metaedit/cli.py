@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metaedit import checkpoint, datasets, nets, zoo
+from metaedit import checkpoint, datasets, nets, requirements, zoo
 from metaedit.sharding import use_cpu_cores
 
 
@@ -340,8 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_parser = commands.add_parser("train-editor", help="train one editor for a requirement on a zoo")
     train_parser.add_argument("--zoo", required=True)
-    train_parser.add_argument("--requirement", required=True,
-                              choices=("minimisation", "fairness", "demographic_parity", "pruning"))
+    train_parser.add_argument("--requirement", required=True, choices=requirements.NAMES)
     train_parser.add_argument("--steps", type=int, default=1000)
     train_parser.add_argument("--chunk-steps", type=int, default=100)
     train_parser.add_argument("--networks-per-step", type=int, default=8)
