@@ -10,7 +10,11 @@ edited (vmapped where the method allows), and the wall time per network is repor
   largest first-layer norm) and ``group_norm+finetune`` (mask held fixed);
 * fairness: ``threshold_optimizer`` (fairlearn's ``ThresholdOptimizer`` with equalised odds, a
   post-processing that needs the sensitive attribute at prediction time; it yields predictions, not
-  a network) and ``penalty_finetune`` (fine-tuning with the soft equalised-odds gap as a penalty).
+  a network) and ``penalty_finetune`` (fine-tuning with the soft equalised-odds gap as a penalty;
+  its strength is the penalty weight).
+
+The fourth argument of every baseline is its strength: the sparsity, the number of groups kept,
+the penalty weight (the threshold optimiser ignores it).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def magnitude_masks(spec: nets.Spec, params: nets.Params, sparsity: float) -> ne
 
     def one(p):
         flat = jnp.concatenate([jnp.abs(p[n]["kernel"]).reshape(-1) for n in names])
-        cut = int(np.floor(sparsity * flat.size))
+        cut = int(np.ceil(sparsity * flat.size - 1e-9))  # at least the asked sparsity
         threshold = jnp.sort(flat)[cut - 1] if cut > 0 else -jnp.inf
         return {n: {"kernel": (jnp.abs(p[n]["kernel"]) > threshold).astype(p[n]["kernel"].dtype),
                     "bias": jnp.ones_like(p[n]["bias"])} for n in names}
@@ -138,7 +142,8 @@ def group_norm(spec, params, dataset, keep, finetune_steps: int = 0) -> Baseline
     return _timed(spec, params, dataset, make)
 
 
-def penalty_finetune(spec, params, dataset, epsilon, steps: int = 200, weight: float = 5.0) -> BaselineResult:
+def penalty_finetune(spec, params, dataset, weight: float = 5.0, steps: int = 200) -> BaselineResult:
+    """Fine-tuning with ``weight * soft equalised-odds gap`` added to the cross-entropy."""
     ones = jax.tree.map(jnp.ones_like, params)
     return _timed(spec, params, dataset, lambda: finetune(
         spec, params, ones, dataset, steps, penalty=requirements.soft_equalised_odds, weight=weight))

@@ -45,5 +45,5 @@ def test_fairness_baselines_lower_the_gap(german_zoo):
     gap = lambda preds: np.mean([equalized_odds_difference(data.y_test, p, sensitive_features=data.s_test) for p in preds])  # noqa: E731
     post = baselines.BASELINES["fairness"]["threshold_optimizer"](spec, params, data)
     assert post.params is None and post.predictions.shape == raw.shape
-    penalised = baselines.BASELINES["fairness"]["penalty_finetune"](spec, params, data, 0.05)
+    penalised = baselines.BASELINES["fairness"]["penalty_finetune"](spec, params, data, 5.0)
     assert min(gap(post.predictions), gap(penalised.predictions)) < gap(raw)
