@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from metaedit import checkpoint, datasets, nets, requirements, zoo
+from metaedit.gmn import EditorError
 from metaedit.sharding import use_cpu_cores
 
 
@@ -125,11 +126,7 @@ def _network_and_data(args: argparse.Namespace):
         raise zoo.ZooError("name the network: --zoo DIR --member I, or --params FILE --dataset NAME")
     spec, params = nets.load_params(args.params)
     dataset = datasets.load_dataset(args.dataset)
-    if tuple(spec.input_shape) != dataset.input_shape or spec.num_classes != dataset.num_classes:
-        raise nets.SpecError(
-            f"{args.params} holds a {nets.describe(spec)} network for inputs {spec.input_shape} and "
-            f"{spec.num_classes} classes; data set {args.dataset} has {dataset.input_shape} and "
-            f"{dataset.num_classes}")
+    zoo.check_fits(spec, dataset)
     return spec, params, dataset
 
 
@@ -239,7 +236,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     trained_editor, record, spec, dataset, requirement = _editor_and_requirement(args.editor)
     trained = zoo.load_zoo(args.zoo)
     if trained.spec != spec:
-        raise gmn_error(f"the editor was trained on {nets.describe(spec)} networks; the zoo holds "
+        raise EditorError(f"the editor was trained on {nets.describe(spec)} networks; the zoo holds "
                         f"{nets.describe(trained.spec)}")
     target = args.target if args.target is not None else editor.default_target(requirement, dataset.feature_groups)
     lambdas = [float(v) for v in args.lambdas.split(",")]
@@ -261,7 +258,7 @@ def _edit_command(args: argparse.Namespace) -> int:
     editor.check_lambda(args.lambda_)
     params_spec, params = nets.load_params(args.params)
     if params_spec != spec:
-        raise gmn_error(f"{args.params} is a {nets.describe(params_spec)} network; the editor edits {nets.describe(spec)}")
+        raise EditorError(f"{args.params} is a {nets.describe(params_spec)} network; the editor edits {nets.describe(spec)}")
     target = args.target if args.target is not None else editor.default_target(requirement, dataset.feature_groups)
     import jax.numpy as jnp
 
@@ -270,12 +267,6 @@ def _edit_command(args: argparse.Namespace) -> int:
     nets.save_params(args.out, spec, {n: {k: np.asarray(v) for k, v in layer.items()} for n, layer in edited.items()})
     print(f"edited network written to {args.out}", file=sys.stderr)
     return 0
-
-
-def gmn_error(message: str) -> Exception:
-    from metaedit.gmn import EditorError
-
-    return EditorError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

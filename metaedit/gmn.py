@@ -27,7 +27,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import jraph
-import numpy as np
 
 from metaedit import graphs, nets
 

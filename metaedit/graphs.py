@@ -24,7 +24,6 @@ import dataclasses
 import functools
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np

@@ -301,7 +301,8 @@ def network_split(config: ZooConfig) -> dict[str, np.ndarray]:
     }
 
 
-def _check_fits(spec: nets.Spec, dataset: Dataset) -> None:
+def check_fits(spec: nets.Spec, dataset: Dataset) -> None:
+    """Raises :class:`ZooError` unless ``spec`` takes the data set's inputs and classes."""
     if tuple(spec.input_shape) != dataset.input_shape:
         raise ZooError(
             f"architecture {nets.describe(spec)} takes inputs {spec.input_shape}, "
@@ -358,7 +359,7 @@ def train_zoo(
     one is loaded, and a different one is refused. ``stop_after_chunks`` stops early (returning
     None) after that many chunks in this call: a controlled interruption, for tests.
     """
-    _check_fits(spec, dataset)
+    check_fits(spec, dataset)
     placement = placement or Placement()
     n = len(dataset.y_train)
     order = np.random.default_rng([config.seed, 0]).permutation(n)

@@ -1,9 +1,7 @@
 import functools
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
