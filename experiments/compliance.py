@@ -33,8 +33,11 @@ def _value(requirement, spec, params_or_none, predictions, dataset) -> np.ndarra
 
 
 def run(name: str, zoo_dir: Path, zoo_setup: tuple, requirement_name: str, target: float,
-        baseline_strengths: dict, steps: int, out: Path, lambdas=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0)) -> list[dict]:
-    """Trains (or loads) the zoo and the editor, evaluates everything, writes the report."""
+        baseline_strengths: dict, steps: int, out: Path, lambdas=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
+        editor_options: dict | None = None) -> list[dict]:
+    """Trains (or loads) the zoo and the editor, evaluates everything, writes the report.
+
+    ``editor_options`` overrides :class:`editor.EditorTrainConfig` fields (e.g. ``data_batch``)."""
     out.mkdir(parents=True, exist_ok=True)
     data_name, arch, config = zoo_setup
     dataset = datasets.load_dataset(data_name)
@@ -44,7 +47,8 @@ def run(name: str, zoo_dir: Path, zoo_setup: tuple, requirement_name: str, targe
     started = time.perf_counter()
     trained_editor = editor.train_editor(
         spec, trained.subset("train"), dataset,
-        editor.EditorTrainConfig(requirement=requirement_name, steps=steps, chunk_steps=max(1, steps // 10)),
+        editor.EditorTrainConfig(requirement=requirement_name, steps=steps, chunk_steps=max(1, steps // 10),
+                                 **(editor_options or {})),
         workdir=out / "editor", progress=False)
     train_seconds = time.perf_counter() - started
     held_out = jax.tree.map(jnp.asarray, trained.subset("test"))
@@ -103,15 +107,17 @@ def _write(name, out, rows, requirement, target, train_seconds, networks) -> Non
 
 
 def main(title: str, default_out: str, requirement_name: str, target: float, baseline_strengths: dict,
-         zoo_setup: tuple | None = None, argv=None) -> None:
+         zoo_setup: tuple | None = None, editor_options: dict | None = None,
+         lambdas=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0), argv=None) -> None:
     """Command line of one experiment: ``--steps`` (editor training) and ``--out``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=title)
-    parser.add_argument("--steps", type=int, default=1000, help="editor training steps")
+    parser.add_argument("--steps", type=int, default=1500, help="editor training steps")
     parser.add_argument("--out", default=default_out)
     args = parser.parse_args(argv)
     out = Path(args.out)
     setup = zoo_setup or ("adult", "mlp:32,32", zoo.ZooConfig(members=256, epochs=2, seed=0))
-    run(title, out / "zoos" / setup[0], setup, requirement_name, target, baseline_strengths, args.steps, out)
+    run(title, out / "zoos" / setup[0], setup, requirement_name, target, baseline_strengths, args.steps, out,
+        lambdas=lambdas, editor_options=editor_options)
     print(f"wrote {out / 'report.md'}")

@@ -1,6 +1,6 @@
 """Experiment: pruning Adult MLPs with one editor against magnitude pruning (with and without fine-tuning).
 
-    python experiments/pruning.py [--steps 1000] [--out results/pruning]
+    python experiments/pruning.py [--steps 1500] [--out results/pruning]
 """
 
 import sys

@@ -6,8 +6,13 @@ Each :class:`Requirement` has
   * ``measure(spec, params, data) -> float``: the exact metric on concrete data and weights;
   * ``complies(value, target) -> bool``: the hard compliance test at a requirement target
     (k groups, epsilon, sparsity s), with ``target_range`` for sampling targets in training;
-  * ``excess(spec, params, batch, target) -> []``: the soft amount by which the target is missed
-    (0 once it is met), the R of editor training when the target is part of the condition.
+  * ``excess(spec, params, batch, target) -> []``: the amount by which the target is missed on the
+    batch (exactly 0 once it is met), the R of editor training when the target is part of the
+    condition; its value is the exact hard metric and its gradient a smooth surrogate's
+    (:func:`straight_through`);
+  * ``whole_split``: True when training should measure the excess on the whole training split
+    rather than a minibatch (a gap over a small cell, e.g. women with a positive label in Adult,
+    is too noisy on a few hundred rows and pushes an editor towards a constant predictor).
 
 Registered: ``minimisation`` (raw feature groups the network still reads), ``fairness``
 (equalised-odds gap; ``demographic_parity`` beside it) and ``pruning`` (sparsity of the weights).
@@ -50,6 +55,7 @@ class Requirement:
     higher_is_compliant: bool
     description: str
     excess: Callable[..., jax.Array]
+    whole_split: bool = False
 
     def complies(self, value: float, target: float) -> bool:
         return bool(value >= target) if self.higher_is_compliant else bool(value <= target)
@@ -68,6 +74,16 @@ def jsd(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
 
 def accuracy(spec: nets.Spec, params: nets.Params, x, y) -> jax.Array:
     return (nets.apply(spec, params, x).argmax(-1) == y).mean()
+
+
+def straight_through(exact: jax.Array, smooth: jax.Array) -> jax.Array:
+    """The value of ``exact`` with the gradient of ``smooth``.
+
+    The editor's ``excess`` terms use it: their forward value is the exact hard metric on the batch
+    (so a met target gives exactly 0 and an unmet one is not under-counted), and their gradient
+    comes from a smooth surrogate of that metric.
+    """
+    return smooth + jax.lax.stop_gradient(exact - smooth)
 
 
 # --------------------------------------------------------------------------- data minimisation
@@ -93,9 +109,21 @@ def soft_groups_read(spec: nets.Spec, params: nets.Params, groups: Sequence[Sequ
     The scale is of the order of a trained group's weight norm, so the measure keeps a gradient
     (a sharper ``1 - exp(-||W_g||^2 / 0.01)`` saturated at 1 and gave the editor nothing to learn).
     """
+    return jnp.tanh(_group_norms(spec, params, groups) / scale).mean()
+
+
+def _group_norms(spec, params, groups) -> jax.Array:
     rows = _input_rows(spec, params)
-    norms = jnp.stack([jnp.sqrt((rows[jnp.asarray(g)] ** 2).sum() + 1e-12) for g in groups])
-    return jnp.tanh(norms / scale).mean()
+    return jnp.stack([jnp.sqrt((rows[jnp.asarray(g)] ** 2).sum() + 1e-12) for g in groups])
+
+
+def groups_read_st(spec: nets.Spec, params: nets.Params, groups: Sequence[Sequence[int]],
+                   scale: float = 1.0) -> jax.Array:
+    """Fraction of groups read: exact in value (a group is read when any outgoing weight is
+    non-zero), with the gradient of :func:`soft_groups_read`."""
+    rows = _input_rows(spec, params)
+    exact = jnp.stack([jnp.any(rows[jnp.asarray(g)] != 0) for g in groups]).astype(rows.dtype).mean()
+    return straight_through(exact, soft_groups_read(spec, params, groups, scale))
 
 
 # --------------------------------------------------------------------------- fairness
@@ -141,6 +169,21 @@ def soft_equalised_odds(spec, params, batch: Batch) -> jax.Array:
     return equalised_odds_gap(batch.y, _positive_probability(spec, params, batch.x), batch.s)
 
 
+def _hard_and_soft_positive(spec, params, x):
+    probability = _positive_probability(spec, params, x)
+    return straight_through((probability > 0.5).astype(probability.dtype), probability)
+
+
+def equalised_odds_st(spec, params, batch: Batch) -> jax.Array:
+    """The hard equalised-odds gap on the batch in value, with the soft gap's gradient."""
+    return equalised_odds_gap(batch.y, _hard_and_soft_positive(spec, params, batch.x), batch.s)
+
+
+def demographic_parity_st(spec, params, batch: Batch) -> jax.Array:
+    """The hard demographic-parity gap on the batch in value, with the soft gap's gradient."""
+    return demographic_parity_gap(_hard_and_soft_positive(spec, params, batch.x), batch.s)
+
+
 def hard_demographic_parity(spec, params, batch: Batch) -> float:
     _check_binary(spec, "demographic parity")
     predictions = (nets.apply(spec, params, batch.x).argmax(-1) == 1).astype(jnp.float32)
@@ -171,6 +214,17 @@ def soft_density(spec: nets.Spec, params: nets.Params, scale: float = 1e-4) -> j
     return sum((1.0 - jnp.exp(-(k ** 2) / scale)).sum() for k in kernels) / total
 
 
+def density_st(spec: nets.Spec, params: nets.Params, scale: float = 0.05) -> jax.Array:
+    """Fraction of non-zero kernel weights: exact in value, with the gradient of the mean of
+    ``tanh(|w| / scale)``. The scale is of the order of a trained weight, so a kept weight's mask
+    still receives a gradient (``1 - exp(-w^2 / 1e-4)`` is flat there and under-counts small weights)."""
+    kernels = _kernels(spec, params)
+    total = sum(k.size for k in kernels)
+    exact = sum((k != 0).sum() for k in kernels).astype(kernels[0].dtype) / total
+    smooth = sum(jnp.tanh(jnp.abs(k) / scale).sum() for k in kernels) / total
+    return straight_through(exact, smooth)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -183,11 +237,11 @@ def _minimisation(groups: Sequence[Sequence[int]]) -> Requirement:
         target_range=(1.0, count),
         higher_is_compliant=False,
         description="number of raw feature groups the network reads; compliant when <= k",
-        excess=lambda spec, params, batch, k: jax.nn.relu(soft_groups_read(spec, params, groups) - k / count),
+        excess=lambda spec, params, batch, k: jax.nn.relu(groups_read_st(spec, params, groups) - k / count),
     )
 
 
-def _gap_requirement(name: str, soft, hard, what: str) -> Requirement:
+def _gap_requirement(name: str, soft, hard, exact_st, what: str) -> Requirement:
     """A fairness gap: compliant when the hard gap on held-out data is <= epsilon."""
     return Requirement(
         name=name,
@@ -196,13 +250,15 @@ def _gap_requirement(name: str, soft, hard, what: str) -> Requirement:
         target_range=(0.0, 0.2),
         higher_is_compliant=False,
         description=f"{what} gap; compliant when <= epsilon",
-        excess=lambda spec, params, batch, eps: jax.nn.relu(soft(spec, params, batch) - eps),
+        excess=lambda spec, params, batch, eps: jax.nn.relu(exact_st(spec, params, batch) - eps),
+        whole_split=True,
     )
 
 
-FAIRNESS = _gap_requirement("fairness", soft_equalised_odds, hard_equalised_odds, "equalised-odds")
+FAIRNESS = _gap_requirement("fairness", soft_equalised_odds, hard_equalised_odds, equalised_odds_st,
+                            "equalised-odds")
 DEMOGRAPHIC_PARITY = _gap_requirement("demographic_parity", soft_demographic_parity, hard_demographic_parity,
-                                      "demographic-parity")
+                                      demographic_parity_st, "demographic-parity")
 
 PRUNING = Requirement(
     name="pruning",
@@ -211,7 +267,7 @@ PRUNING = Requirement(
     target_range=(0.5, 0.99),
     higher_is_compliant=True,
     description="fraction of zero kernel weights; compliant when >= s",
-    excess=lambda spec, params, batch, s: jax.nn.relu(soft_density(spec, params) - (1.0 - s)),
+    excess=lambda spec, params, batch, s: jax.nn.relu(density_st(spec, params) - (1.0 - s)),
 )
 
 NAMES = ("minimisation", "fairness", "demographic_parity", "pruning")

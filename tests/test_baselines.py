@@ -30,9 +30,9 @@ def test_magnitude_pruning_reaches_its_sparsity_and_finetuning_keeps_the_mask(ge
     assert pruned.seconds_per_edit > 0 and pruned.predictions.shape == (3, len(data.y_test))
 
 
-def test_group_norm_keeps_k_groups(german_zoo):
+def test_group_removal_keeps_k_groups(german_zoo):
     spec, params, data = german_zoo
-    for name in ("group_norm", "group_norm+finetune"):
+    for name in ("group_norm", "group_norm+finetune", "permutation", "permutation+finetune", "retrain"):
         result = baselines.BASELINES["minimisation"][name](spec, params, data, 5)
         for i in range(3):
             member = jax.tree.map(lambda leaf: leaf[i], result.params)
@@ -47,3 +47,18 @@ def test_fairness_baselines_lower_the_gap(german_zoo):
     assert post.params is None and post.predictions.shape == raw.shape
     penalised = baselines.BASELINES["fairness"]["penalty_finetune"](spec, params, data, 5.0)
     assert min(gap(post.predictions), gap(penalised.predictions)) < gap(raw)
+    retrained = baselines.BASELINES["fairness"]["penalty_retrain"](spec, params, data, 5.0, steps=300)
+    assert retrained.predictions.shape == raw.shape and (retrained.predictions == data.y_test[None]).mean() > 0.6
+
+
+def test_permutation_importance_keeps_the_group_the_network_uses(german_zoo):
+    """A network reading only group 0 keeps group 0 when asked to keep one group."""
+    spec, params, data = german_zoo
+    first = nets.layers(spec)[0].name
+    only = np.zeros(data.input_shape[0], np.float32)
+    only[list(data.feature_groups[1])] = 1.0
+    kernel = params[first]["kernel"] * jnp.asarray(only)[None, :, None]
+    masked = {**params, first: {**params[first], "kernel": kernel}}
+    masks = baselines.permutation_masks(spec, masked, data, keep=1)
+    kept = np.asarray(masks[first]["kernel"][:, :, 0])
+    np.testing.assert_array_equal(kept, np.broadcast_to(only, kept.shape))

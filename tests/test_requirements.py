@@ -79,3 +79,25 @@ def test_bad_requirements_are_named():
     three = nets.MLPSpec((6,), (5,), 3)
     with pytest.raises(RequirementError, match="needs a binary classifier"):
         requirements.FAIRNESS.measure(three, nets.init(three, jax.random.key(0)), Batch(jnp.zeros((4, 6)), jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.int32)))
+
+
+def test_excess_is_the_exact_metric_with_a_smooth_gradient():
+    """The editor's excess: value from the hard metric on the batch, a non-zero gradient."""
+    params = nets.init(SPEC, jax.random.key(3))
+    kernel = params["dense_0"]["kernel"].at[jnp.array([1, 2, 3])].set(0.0).at[0, :3].set(0.0)
+    params = {**params, "dense_0": {**params["dense_0"], "kernel": kernel}}
+    x = jax.random.normal(jax.random.key(4), (400, 6))
+    batch = Batch(x, jax.random.randint(jax.random.key(5), (400,), 0, 2), (x[:, 1] > 0).astype(jnp.int32))
+    minimisation = requirements.get("minimisation", GROUPS)
+    cases = [
+        (requirements.PRUNING, 0.5, 1 - requirements.sparsity(SPEC, params) - (1 - 0.5)),
+        (minimisation, 1.0, requirements.groups_read(SPEC, params, GROUPS) / 3 - 1 / 3),
+        (requirements.FAIRNESS, 0.01, requirements.FAIRNESS.measure(SPEC, params, batch) - 0.01),
+    ]
+    for requirement, target, expected in cases:
+        assert expected > 0, requirement.name  # the case must exceed its target to test the value
+        value, grads = jax.value_and_grad(lambda p: requirement.excess(SPEC, p, batch, target))(params)
+        assert float(value) == pytest.approx(expected, abs=1e-6), requirement.name
+        assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads))) > 0, requirement.name
+    met = requirements.PRUNING.excess(SPEC, params, batch, requirements.sparsity(SPEC, params))
+    assert float(met) == 0.0
