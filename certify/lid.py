@@ -191,7 +191,8 @@ def size(problem: LIDProblem, domain: Domain) -> jax.Array:
 
 def _optimizer(config: LIDConfig) -> optax.GradientTransformation:
     """Adam with a cosine decay to 1% of the learning rate, so the domain settles at the boundary."""
-    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.steps, alpha=0.01))
+    # eps_root keeps the derivative of sqrt(v) finite where a gradient is 0: the solve is differentiated through
+    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.steps, alpha=0.01), eps_root=1e-16)
 
 
 def init(problem: LIDProblem, num_constraints: int) -> LIDState:

@@ -163,12 +163,18 @@ def apply(spec: Spec, params: Params, x: jax.Array) -> jax.Array:
             if i < len(all_layers) - 1:
                 h = jax.nn.relu(h)
         return h
-    h = x
-    for layer in all_layers[:-1]:
-        h = jax.nn.relu(conv(h, params[layer.name]["kernel"]) + params[layer.name]["bias"])
-    h = h.mean(axis=tuple(range(1, 1 + spec.spatial_rank)))
     head = params[all_layers[-1].name]
-    return h @ head["kernel"] + head["bias"]
+    return features(spec, params, x) @ head["kernel"] + head["bias"]
+
+
+def features(spec: "CNNSpec", params: Params, x: jax.Array) -> jax.Array:
+    """A CNN's globally pooled features [B, channels[-1]]: what its linear head reads."""
+    if not isinstance(spec, CNNSpec):
+        raise SpecError(f"features are defined for CNNs; got {describe(spec)}")
+    h = x
+    for layer in layers(spec)[:-1]:
+        h = jax.nn.relu(conv(h, params[layer.name]["kernel"]) + params[layer.name]["bias"])
+    return h.mean(axis=tuple(range(1, 1 + spec.spatial_rank)))
 
 
 def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
