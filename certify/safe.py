@@ -16,9 +16,10 @@ new task wants it (:data:`BIASES`):
   old tasks care least);
 * ``update``: ``|g| + 0.1 mean |g|`` with g the new task's gradient on a **lookahead buffer** of
   next-task samples (room along the update);
-* ``lookahead``: learnt: starting from ``update``, bias = ``softplus(phi)`` is trained by gradient
-  descent on the loss of the lookahead buffer after K projected steps inside LID(bias), the
-  gradient taken through the unrolled LID solve (``jax.grad`` through ``lax.scan``) and the K steps.
+* ``lookahead``: learnt: starting from ``update``, bias = ``softplus(phi)`` is trained by Adam on
+  the loss of the lookahead buffer after K projected steps inside LID(bias), the gradient taken
+  through the unrolled LID solve (``jax.grad`` through ``lax.scan``) and the K steps; the bias
+  with the lowest buffer loss met is kept.
 
 All weights are normalised to mean 1. Domain-incremental and class-incremental sequences are
 supported (the certificate is on the full output layer, so task-incremental masks are not used).
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from certify import domains, lid, specs
+from certify import domains, lid, project, specs
 from certify.continual import ContinualError, TaskSequence, check_network, evaluate
 from certify.domains import Box
 from metaedit import nets
@@ -59,7 +60,7 @@ class SafeConfig:
     lookahead_steps: int = 10
     lookahead_learning_rate: float = 0.05
     meta_steps: int = 5
-    meta_learning_rate: float = 0.1
+    meta_learning_rate: float = 0.03
     strategy: str = "largest"
     bias: str = "none"
     lid: lid.LIDConfig = lid.LIDConfig(steps=200, snapshot_every=40)
@@ -156,21 +157,27 @@ def lookahead_loss(phi: Params, spec, params: Params, constraints, config: "Safe
 
 
 def learned_bias(spec, params: Params, constraints, config: "SafeConfig", x, y, key) -> tuple[Params, list[float]]:
-    """Bias weights learnt by :func:`lookahead_loss` (Adam on phi from the ``update`` bias);
-    returns the weights and the meta-loss before each meta step and after the last."""
+    """Bias weights learnt by :func:`lookahead_loss` (Adam on phi from the ``update`` bias).
+
+    Returns the weights with the lowest meta-loss met along the way (the start included, so the
+    learnt bias is never worse on the buffer than the ``update`` one) and the meta-loss at each
+    point of the trajectory."""
     start = update_bias(spec, params, x, y)
     phi = jax.tree.map(lambda b: jnp.log(jnp.expm1(b)), start)  # softplus^-1
     tx = optax.adam(config.meta_learning_rate)
     state = tx.init(phi)
     value_and_grad = jax.jit(jax.value_and_grad(lookahead_loss), static_argnums=(1, 4))
-    history = []
-    for _ in range(config.meta_steps):
+    history, best = [], (np.inf, phi)
+    for step in range(config.meta_steps + 1):
         value, grads = value_and_grad(phi, spec, params, tuple(constraints), config, x, y, key)
         history.append(float(value))
+        if history[-1] < best[0]:
+            best = (history[-1], phi)
+        if step == config.meta_steps:
+            break
         updates, state = tx.update(grads, state, phi)
         phi = optax.apply_updates(phi, updates)
-    history.append(float(jax.jit(lookahead_loss, static_argnums=(1, 4))(phi, spec, params, tuple(constraints), config, x, y, key)))
-    return _normalised(jax.tree.map(jax.nn.softplus, phi)), history
+    return _normalised(jax.tree.map(jax.nn.softplus, best[1])), history
 
 
 # --------------------------------------------------------------------------- choosing among LIDs
@@ -269,8 +276,7 @@ def run(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, init_params
         params = _projected_jit(spec, params, box, x, y, config.steps_per_task, config.learning_rate, config.batch,
                                 jax.random.fold_in(key, 100 + t))
         if box is not None:
-            inside.append(all(bool(((p >= l) & (p <= h)).all()) for p, l, h in
-                              zip(jax.tree.leaves(params), jax.tree.leaves(box.lo), jax.tree.leaves(box.hi))))
+            inside.append(project.contains(box, params))
             for j, constraint in enumerate(constraints):
                 c = specs.certificate(spec, box, constraint, *heldout[j])
                 certificates.append(TaskCertificate(t, j, c.tau, c.certified_accuracy, c.heldout_certified_accuracy,

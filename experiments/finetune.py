@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from certify import domains, lid, safe, specs  # noqa: E402
+from certify import domains, lid, project, safe, specs  # noqa: E402
 from metaedit import datasets, nets  # noqa: E402
 
 
@@ -62,8 +62,7 @@ def one_seed(seed: int, epochs: int, steps_per_epoch: int, delta: float, tau_max
         for epoch in range(epochs):
             params = safe._projected_jit(head_spec, params, domain, fb, ya, steps_per_epoch, 1e-3, 64,
                                          jax.random.fold_in(key, 10 + epoch))
-            inside = domain is None or all(bool(((p >= l) & (p <= h)).all()) for p, l, h in zip(
-                jax.tree.leaves(params), jax.tree.leaves(domain.lo), jax.tree.leaves(domain.hi)))
+            inside = domain is None or project.contains(domain, params)
             curves[name].append((_accuracy(head_spec, params, fb_test, ya_test),
                                  _accuracy(head_spec, params, fa_test, ya_test), inside))
         record[f"{name}_task_b"] = curves[name][-1][0]

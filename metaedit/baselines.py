@@ -71,15 +71,21 @@ def group_masks(spec: nets.Spec, params: nets.Params, groups, keep: int) -> nets
     def one(p):
         rows = p[first]["kernel"]
         norms = jnp.stack([jnp.sqrt((rows[jnp.asarray(g)] ** 2).sum()) for g in groups])
-        kept = jnp.argsort(-norms)[:keep]
-        column_keep = jnp.zeros(rows.shape[0], rows.dtype)
-        for i, g in enumerate(groups):
-            column_keep = column_keep.at[jnp.asarray(g)].set(jnp.any(kept == i).astype(rows.dtype))
-        masks = jax.tree.map(jnp.ones_like, p)
-        masks[first] = {"kernel": jnp.broadcast_to(column_keep[:, None], rows.shape), "bias": jnp.ones_like(p[first]["bias"])}
-        return masks
+        return _keep_groups(spec, p, groups, jnp.argsort(-norms)[:keep])
 
     return jax.vmap(one)(params)
+
+
+def _keep_groups(spec, p, groups, kept) -> nets.Params:
+    """0/1 masks for one network that zero the first-layer rows of every group not in ``kept`` [k]."""
+    first = nets.layers(spec)[0].name
+    rows = p[first]["kernel"]
+    column_keep = jnp.zeros(rows.shape[0], rows.dtype)
+    for i, g in enumerate(groups):
+        column_keep = column_keep.at[jnp.asarray(g)].set(jnp.any(kept == i).astype(rows.dtype))
+    masks = jax.tree.map(jnp.ones_like, p)
+    masks[first] = {"kernel": jnp.broadcast_to(column_keep[:, None], rows.shape), "bias": jnp.ones_like(p[first]["bias"])}
+    return masks
 
 
 def permutation_masks(spec: nets.Spec, params: nets.Params, dataset: Dataset, keep: int, rows: int = 2048,
@@ -88,7 +94,6 @@ def permutation_masks(spec: nets.Spec, params: nets.Params, dataset: Dataset, ke
     network loses on ``rows`` training rows when one group's columns are shuffled across rows
     (the same shuffle for every network)."""
     groups = dataset.feature_groups
-    first = nets.layers(spec)[0].name
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(dataset.y_train), size=min(rows, len(dataset.y_train)), replace=False)
     x, y = np.asarray(dataset.x_train[chosen]), jnp.asarray(dataset.y_train[chosen])
@@ -102,14 +107,7 @@ def permutation_masks(spec: nets.Spec, params: nets.Params, dataset: Dataset, ke
     def one(p):
         base = (nets.apply(spec, p, jnp.asarray(x)).argmax(-1) == y).mean()
         permuted = jax.vmap(lambda xs: (nets.apply(spec, p, xs).argmax(-1) == y).mean())(shuffled)
-        kept = jnp.argsort(-(base - permuted))[:keep]
-        column_keep = jnp.zeros(x.shape[1], p[first]["kernel"].dtype)
-        for i, g in enumerate(groups):
-            column_keep = column_keep.at[jnp.asarray(g)].set(jnp.any(kept == i).astype(column_keep.dtype))
-        masks = jax.tree.map(jnp.ones_like, p)
-        masks[first] = {"kernel": jnp.broadcast_to(column_keep[:, None], p[first]["kernel"].shape),
-                        "bias": jnp.ones_like(p[first]["bias"])}
-        return masks
+        return _keep_groups(spec, p, groups, jnp.argsort(-(base - permuted))[:keep])
 
     return jax.jit(jax.vmap(one))(params)
 

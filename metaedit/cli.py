@@ -212,8 +212,11 @@ def _train_editor_command(args: argparse.Namespace) -> int:
 
     trained = zoo.load_zoo(args.zoo)
     dataset = datasets.load_source(trained.dataset)
+    margin = args.safety_margin
+    if margin is None:
+        margin = editor.DEFAULT_SAFETY_MARGINS.get(args.requirement, 0.0)
     config = editor.EditorTrainConfig(requirement=args.requirement, steps=args.steps, chunk_steps=args.chunk_steps,
-                                      networks_per_step=args.networks_per_step, seed=args.seed)
+                                      networks_per_step=args.networks_per_step, seed=args.seed, safety_margin=margin)
     editor.train_editor(trained.spec, trained.subset("train"), dataset, config, workdir=args.out,
                         progress=not args.no_progress, identity={"zoo": str(Path(args.zoo).resolve())})
     print(f"editor for {args.requirement} saved in {args.out}", file=sys.stderr)
@@ -335,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--steps", type=int, default=1000)
     train_parser.add_argument("--chunk-steps", type=int, default=100)
     train_parser.add_argument("--networks-per-step", type=int, default=8)
+    train_parser.add_argument("--safety-margin", type=float,
+                              help="train against a target this much stricter (default: 0.02 for the fairness gaps, else 0)")
     train_parser.add_argument("--seed", type=int, default=0)
     train_parser.add_argument("--out", required=True)
     train_parser.add_argument("--no-progress", action="store_true")

@@ -217,6 +217,9 @@ def evaluation_loss(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
 
 
 DEFAULT_TARGETS = {"fairness": 0.05, "demographic_parity": 0.05, "pruning": 0.9}
+# a gap met on the training split misses epsilon on held-out data by about the test split's sampling
+# noise; 0.02 is of that order for Adult's smallest (label, sex) cell
+DEFAULT_SAFETY_MARGINS = {"fairness": 0.02, "demographic_parity": 0.02}
 
 
 def default_target(requirement: Requirement, feature_groups=()) -> float:

@@ -16,11 +16,6 @@ def sequence(digits):
     return continual.split(digits, "domain", pairs=((0, 1), (2, 3), (4, 5)), max_train=120)
 
 
-def _inside(params, box):
-    return all(bool(((p >= l) & (p <= h)).all())
-               for p, l, h in zip(jax.tree.leaves(params), jax.tree.leaves(box.lo), jax.tree.leaves(box.hi)))
-
-
 def test_projected_training_never_leaves_its_domain(sequence):
     spec = nets.MLPSpec(sequence.input_shape, (8,), 2)
     params = nets.init(spec, jax.random.key(0))
@@ -40,7 +35,7 @@ def test_projected_training_never_leaves_its_domain(sequence):
     moved = params
     for i in range(10):  # the scanned box trainer of safe runs, step by step
         moved = safe.projected_steps(spec, moved, box, x, y, 5, 0.05, 32, jax.random.key(i))
-        assert _inside(moved, box)
+        assert project.contains(box, moved)
 
 
 def test_meta_gradient_through_the_lid_solve_matches_finite_differences(sequence):
@@ -87,7 +82,7 @@ def test_safe_run_keeps_every_old_task_certified_and_sampled_params_agree(sequen
     samples = domains.sample(box, jax.random.key(7), 200, corners=bool(rng.integers(2)))
     predictions = jax.vmap(lambda p: nets.apply(spec, p, x).argmax(-1))(samples)
     assert bool((predictions[:, hits] == y[hits]).all())
-    assert _inside(result.params, box)
+    assert project.contains(box, result.params)
 
 
 def test_bias_weights_have_mean_one_and_point_where_they_should(sequence):
