@@ -77,9 +77,11 @@ class SafeConfig:
             raise ContinualError(f"tau_max must lie in (0, 1], got {self.tau_max}")
         if not 0 <= self.delta < 1:
             raise ContinualError(f"delta must lie in [0, 1), got {self.delta}")
-        for name in ("steps_per_task", "batch", "cert_samples", "heldout_samples", "lookahead_steps", "meta_steps"):
+        for name in ("steps_per_task", "batch", "cert_samples", "heldout_samples", "lookahead_steps"):
             if getattr(self, name) < 1:
                 raise ContinualError(f"SafeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.meta_steps < 0:
+            raise ContinualError(f"SafeConfig.meta_steps must be >= 0, got {self.meta_steps}")
         if self.lookahead_samples < 1:
             raise ContinualError(f"the lookahead buffer is empty (lookahead_samples={self.lookahead_samples})")
 
@@ -156,6 +158,11 @@ def lookahead_loss(phi: Params, spec, params: Params, constraints, config: "Safe
     return _loss(spec, moved, x, y)
 
 
+def inverse_softplus(b: jax.Array) -> jax.Array:
+    """``log(exp(b) - 1)`` without overflow (``b + log(1 - exp(-b))``): a bias of 100 is fine."""
+    return b + jnp.log(-jnp.expm1(-b))
+
+
 def learned_bias(spec, params: Params, constraints, config: "SafeConfig", x, y, key) -> tuple[Params, list[float]]:
     """Bias weights learnt by :func:`lookahead_loss` (Adam on phi from the ``update`` bias).
 
@@ -163,7 +170,7 @@ def learned_bias(spec, params: Params, constraints, config: "SafeConfig", x, y, 
     learnt bias is never worse on the buffer than the ``update`` one) and the meta-loss at each
     point of the trajectory."""
     start = update_bias(spec, params, x, y)
-    phi = jax.tree.map(lambda b: jnp.log(jnp.expm1(b)), start)  # softplus^-1
+    phi = jax.tree.map(inverse_softplus, start)
     tx = optax.adam(config.meta_learning_rate)
     state = tx.init(phi)
     value_and_grad = jax.jit(jax.value_and_grad(lookahead_loss), static_argnums=(1, 4))

@@ -98,6 +98,14 @@ def test_bias_weights_have_mean_one_and_point_where_they_should(sequence):
     assert b[np.argmax(g)] > b[np.argmin(g)]  # more room along the larger gradient
     f = np.asarray(safe.fisher_bias(spec, params, x, y)["dense_0"]["kernel"]).ravel()
     assert f[np.argmax(g)] < f[np.argmin(g)]  # less room where the old task's Fisher is large
+    # the learnt bias starts from the update bias exactly, however large its weights
+    large = jnp.array([1e-3, 0.5, 40.0, 400.0])
+    np.testing.assert_allclose(np.asarray(jax.nn.softplus(safe.inverse_softplus(large))), np.asarray(large), rtol=1e-5)
+    config = safe.SafeConfig(meta_steps=0, lookahead_steps=2, lid=lid.LIDConfig(steps=10, snapshot_every=5))
+    learnt, history = safe.learned_bias(spec, params, (specs.Constraint(x, y, 0.3),), config, x, y, jax.random.key(0))
+    assert len(history) == 1 and np.isfinite(history[0])
+    for a, b in zip(jax.tree.leaves(learnt), jax.tree.leaves(safe.update_bias(spec, params, x, y))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4)
 
 
 def test_bad_inputs_are_named(digits, sequence):
