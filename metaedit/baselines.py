@@ -168,31 +168,27 @@ def _timed(spec, params, dataset, make: Callable[[], nets.Params]) -> BaselineRe
     return BaselineResult(edited, _predict(spec, edited, dataset), (time.perf_counter() - started) / count)
 
 
-def magnitude(spec, params, dataset, sparsity, finetune_steps: int = 0) -> BaselineResult:
+def _masked(spec, params, dataset, make_masks: Callable[[], nets.Params], finetune_steps: int) -> BaselineResult:
+    """The networks under ``make_masks()``, fine-tuned with the masks held fixed when asked; timed."""
     def make():
-        masks = magnitude_masks(spec, params, sparsity)
+        masks = make_masks()
         if finetune_steps:
             return finetune(spec, params, masks, dataset, finetune_steps)
         return jax.tree.map(jnp.multiply, params, masks)
     return _timed(spec, params, dataset, make)
+
+
+def magnitude(spec, params, dataset, sparsity, finetune_steps: int = 0) -> BaselineResult:
+    return _masked(spec, params, dataset, lambda: magnitude_masks(spec, params, sparsity), finetune_steps)
 
 
 def group_norm(spec, params, dataset, keep, finetune_steps: int = 0) -> BaselineResult:
-    def make():
-        masks = group_masks(spec, params, dataset.feature_groups, int(keep))
-        if finetune_steps:
-            return finetune(spec, params, masks, dataset, finetune_steps)
-        return jax.tree.map(jnp.multiply, params, masks)
-    return _timed(spec, params, dataset, make)
+    return _masked(spec, params, dataset, lambda: group_masks(spec, params, dataset.feature_groups, int(keep)),
+                   finetune_steps)
 
 
 def permutation(spec, params, dataset, keep, finetune_steps: int = 0) -> BaselineResult:
-    def make():
-        masks = permutation_masks(spec, params, dataset, int(keep))
-        if finetune_steps:
-            return finetune(spec, params, masks, dataset, finetune_steps)
-        return jax.tree.map(jnp.multiply, params, masks)
-    return _timed(spec, params, dataset, make)
+    return _masked(spec, params, dataset, lambda: permutation_masks(spec, params, dataset, int(keep)), finetune_steps)
 
 
 def retrain_on_groups(spec, params, dataset, keep, steps: int = 1000) -> BaselineResult:
