@@ -120,7 +120,8 @@ def projected_steps(spec, params: Params, box: Box | None, x, y, steps: int, lea
     return params
 
 
-_projected_jit = jax.jit(projected_steps, static_argnums=(0, 5, 7))
+# :func:`projected_steps` compiled once per network, step count and batch size
+projected_steps_jit = jax.jit(projected_steps, static_argnums=(0, 5, 7))
 
 
 # --------------------------------------------------------------------------- bias weights
@@ -203,10 +204,10 @@ def choose(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, confi
         return lid.best(lids)
     steps, rate = config.lookahead_steps, config.lookahead_learning_rate
     if strategy == "best-loss":
-        losses = [float(_loss(spec, _projected_jit(spec, params, l.domain, x, y, steps, rate, config.batch, key), x, y))
+        losses = [float(_loss(spec, projected_steps_jit(spec, params, l.domain, x, y, steps, rate, config.batch, key), x, y))
                   for l in lids]
         return lids[int(np.argmin(losses))]
-    target = _projected_jit(spec, params, None, x, y, steps, rate, config.batch, key)
+    target = projected_steps_jit(spec, params, None, x, y, steps, rate, config.batch, key)
     distances = np.array([float(_distance(target, jax.tree.map(jnp.clip, target, l.domain.lo, l.domain.hi)))
                           for l in lids])
     if strategy == "closest":
@@ -280,7 +281,7 @@ def run(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, init_params
     box, constraints = None, ()
     for t in range(sequence.num_tasks):
         x, y = jnp.asarray(sequence.x_train[t]), jnp.asarray(sequence.y_train[t])
-        params = _projected_jit(spec, params, box, x, y, config.steps_per_task, config.learning_rate, config.batch,
+        params = projected_steps_jit(spec, params, box, x, y, config.steps_per_task, config.learning_rate, config.batch,
                                 jax.random.fold_in(key, 100 + t))
         if box is not None:
             inside.append(project.contains(box, params))

@@ -38,12 +38,12 @@ def one_seed(seed: int, epochs: int, steps_per_epoch: int, delta: float, tau_max
     xa, ya = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     xa_test, ya_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
     xb, xb_test = xa[:, :, ::-1], xa_test[:, :, ::-1]  # task B: mirrored digits
-    extractor = safe._projected_jit(cnn, nets.init(cnn, jax.random.fold_in(key, 0)), None, xa, ya, 1500, 3e-3, 64,
+    extractor = safe.projected_steps_jit(cnn, nets.init(cnn, jax.random.fold_in(key, 0)), None, xa, ya, 1500, 3e-3, 64,
                                     jax.random.fold_in(key, 1))
     feat = jax.jit(lambda x: nets.features(cnn, extractor, x))
     fa, fa_test, fb, fb_test = feat(xa), feat(xa_test), feat(xb), feat(xb_test)
     head_spec = nets.MLPSpec((fa.shape[1],), (32,), data.num_classes)
-    head = safe._projected_jit(head_spec, nets.init(head_spec, jax.random.fold_in(key, 2)), None, fa, ya, 1500, 3e-3,
+    head = safe.projected_steps_jit(head_spec, nets.init(head_spec, jax.random.fold_in(key, 2)), None, fa, ya, 1500, 3e-3,
                                64, jax.random.fold_in(key, 3))
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(ya))[:256]
@@ -65,7 +65,7 @@ def one_seed(seed: int, epochs: int, steps_per_epoch: int, delta: float, tau_max
     for name, domain in (("safe", box), ("unconstrained", None)):
         params = head
         for epoch in range(epochs):
-            params = safe._projected_jit(head_spec, params, domain, fb, ya, steps_per_epoch, 1e-3, 64,
+            params = safe.projected_steps_jit(head_spec, params, domain, fb, ya, steps_per_epoch, 1e-3, 64,
                                          jax.random.fold_in(key, 10 + epoch))
             inside = domain is None or project.contains(domain, params)
             curves[name].append((_accuracy(head_spec, params, fb_test, ya_test),
