@@ -28,6 +28,7 @@ supported (the certificate is on the full output layer, so task-incremental mask
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -113,7 +114,7 @@ def projected_steps(spec, params: Params, box: Box | None, x, y, steps: int, lea
         updates, state = tx.update(jax.grad(_loss, argnums=1)(spec, p, x[rows], y[rows]), state, p)
         p = optax.apply_updates(p, updates)
         if box is not None:
-            p = jax.tree.map(jnp.clip, p, box.lo, box.hi)
+            p = project.project_box(box, p)
         return (p, state), None
 
     (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(key, steps))
@@ -208,16 +209,11 @@ def choose(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, confi
                   for l in lids]
         return lids[int(np.argmin(losses))]
     target = projected_steps_jit(spec, params, None, x, y, steps, rate, config.batch, key)
-    distances = np.array([float(_distance(target, jax.tree.map(jnp.clip, target, l.domain.lo, l.domain.hi)))
-                          for l in lids])
+    distances = np.array([float(project.distance(target, project.project_box(l.domain, target))) for l in lids])
     if strategy == "closest":
         return lids[int(np.argmin(distances))]
     near = [l for l, d in zip(lids, distances) if d <= 1.5 * distances.min() + 1e-12]
     return lid.best(near)
-
-
-def _distance(a, b):
-    return jnp.sqrt(sum(((u - v) ** 2).sum() for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
 
 
 # --------------------------------------------------------------------------- the continual run
@@ -251,8 +247,8 @@ class SafeResult(NamedTuple):
 
 
 def _point_accuracy(spec, params, x, y) -> float:
-    tol = specs.default_margin_tol(x.dtype)
-    return float(specs.certified_accuracy(spec, domains.box_around(params), x, y, margin_tol=tol))
+    """The fraction of (x, y) the network itself gets right with a margin above the rounding tolerance."""
+    return float(specs.certified_accuracy(spec, domains.box_around(params), x, y))
 
 
 def _samples(sequence: TaskSequence, t: int, part: str, count: int, rng) -> tuple[jax.Array, jax.Array]:
@@ -265,8 +261,6 @@ def run(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, init_params
         progress=None) -> SafeResult:
     """Trains ``spec`` through ``sequence``, every task after the first inside a certified LID of
     all earlier ones. ``progress(message)`` (optional) is called after each task."""
-    import time
-
     check_network(spec, sequence)
     if sequence.scenario == "task":
         raise ContinualError("safe training certifies the whole output layer; use a domain- or class-incremental sequence")

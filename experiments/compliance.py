@@ -48,7 +48,8 @@ def run(name: str, zoo_dir: Path, zoo_setup: tuple, requirement_name: str, targe
     trained_editor = editor.train_editor(
         spec, trained.subset("train"), dataset,
         editor.EditorTrainConfig(requirement=requirement_name, steps=steps, chunk_steps=max(1, steps // 10),
-                                 **(editor_options or {})),
+                                 **{"safety_margin": editor.default_safety_margin(requirement_name),
+                                    **(editor_options or {})}),
         workdir=out / "editor", progress=False)
     train_seconds = time.perf_counter() - started
     held_out = jax.tree.map(jnp.asarray, trained.subset("test"))

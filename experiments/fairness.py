@@ -13,5 +13,4 @@ from experiments.compliance import main  # noqa: E402
 if __name__ == "__main__":
     main("Equalised odds on Adult (sex), mlp:32,32, epsilon 0.05", "results/fairness", "fairness", 0.05,
          {"threshold_optimizer": [0.0], "penalty_finetune": [1.0, 5.0, 20.0], "penalty_retrain": [5.0]},
-         editor_options={"safety_margin": 0.02},
          lambdas=(0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))

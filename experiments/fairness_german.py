@@ -18,5 +18,4 @@ if __name__ == "__main__":
     main("Equalised odds on German credit (sex), mlp:16, epsilon 0.05", "results/fairness_german", "fairness", 0.05,
          {"threshold_optimizer": [0.0], "penalty_finetune": [1.0, 5.0, 20.0], "penalty_retrain": [5.0]},
          zoo_setup=("german", "mlp:16", ZooConfig(members=256, epochs=20, batch_size=32, seed=0)),
-         editor_options={"safety_margin": 0.02},
          lambdas=(0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))

@@ -24,11 +24,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from certify import domains, lid, project, safe, specs  # noqa: E402
-from metaedit import datasets, nets  # noqa: E402
+from metaedit import datasets, nets, requirements  # noqa: E402
 
 
 def _accuracy(spec, params, x, y) -> float:
-    return float((nets.apply(spec, params, x).argmax(-1) == y).mean())
+    return float(requirements.accuracy(spec, params, x, y))
 
 
 def one_seed(seed: int, epochs: int, steps_per_epoch: int, delta: float, tau_max: float, bias: str) -> dict:
@@ -56,11 +56,12 @@ def one_seed(seed: int, epochs: int, steps_per_epoch: int, delta: float, tau_max
         weights = safe.update_bias(head_spec, head, fb[buffer], ya[buffer])
     lids, _ = lid.compute(head_spec, head, [constraint], [(fa_test, ya_test)], lid.LIDConfig(steps=300, snapshot_every=50),
                           bias=weights)
-    box = lid.best(lids).domain
+    chosen = lid.best(lids)
+    box = chosen.domain
     record = {"seed": seed, "tau": constraint.tau, "task_a_before": _accuracy(head_spec, head, fa_test, ya_test),
               "task_b_before": _accuracy(head_spec, head, fb_test, ya_test),
-              "certified_a": lid.best(lids).certificates[0].certified_accuracy,
-              "lower_bound_a": lid.best(lids).certificates[0].lower_bound}
+              "certified_a": chosen.certificates[0].certified_accuracy,
+              "lower_bound_a": chosen.certificates[0].lower_bound}
     curves = {"safe": [], "unconstrained": []}
     for name, domain in (("safe", box), ("unconstrained", None)):
         params = head

@@ -212,9 +212,7 @@ def _train_editor_command(args: argparse.Namespace) -> int:
 
     trained = zoo.load_zoo(args.zoo)
     dataset = datasets.load_source(trained.dataset)
-    margin = args.safety_margin
-    if margin is None:
-        margin = editor.DEFAULT_SAFETY_MARGINS.get(args.requirement, 0.0)
+    margin = editor.default_safety_margin(args.requirement) if args.safety_margin is None else args.safety_margin
     config = editor.EditorTrainConfig(requirement=args.requirement, steps=args.steps, chunk_steps=args.chunk_steps,
                                       networks_per_step=args.networks_per_step, seed=args.seed, safety_margin=margin)
     editor.train_editor(trained.spec, trained.subset("train"), dataset, config, workdir=args.out,

@@ -222,6 +222,11 @@ DEFAULT_TARGETS = {"fairness": 0.05, "demographic_parity": 0.05, "pruning": 0.9}
 DEFAULT_SAFETY_MARGINS = {"fairness": 0.02, "demographic_parity": 0.02}
 
 
+def default_safety_margin(requirement_name: str) -> float:
+    """The ``safety_margin`` the CLI and the experiments train with: 0.02 for the gaps, else 0."""
+    return DEFAULT_SAFETY_MARGINS.get(requirement_name, 0.0)
+
+
 def default_target(requirement: Requirement, feature_groups=()) -> float:
     """The target the issue's experiments use: epsilon 0.05, sparsity 0.9, half the feature groups."""
     if requirement.name == "minimisation":
