@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from certify.domains import Domain, Zonotope, as_zonotope, interval_hull
+from certify.domains import Domain
 from metaedit import nets
 
 
@@ -84,7 +84,7 @@ def _relu(a: Affine) -> Affine:
 
 def propagate(spec: nets.Spec, domain: Domain, x: jax.Array) -> Affine:
     """The logits [B, C] as affine forms over the domain's symbols, for inputs x [B, *input_shape]."""
-    z = as_zonotope(domain)
+    z = domain.as_zonotope()
     rank = z.rank
     if isinstance(spec, nets.MLPSpec):
         x = x.reshape(x.shape[0], -1)
@@ -115,9 +115,9 @@ def _margin_lower(logits: Affine, y: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames="spec")
 def output_bounds(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array) -> Bounds:
     """Logit bounds and margin lower bounds over ``domain`` for inputs x [B, ...] with labels y [B] (jitted)."""
-    hull = propagate(spec, interval_hull(domain), x)
+    hull = propagate(spec, domain.hull(), x)
     lo, hi, margin = hull.lower(), hull.upper(), _margin_lower(hull, y)
-    if isinstance(domain, Zonotope):
+    if domain.rank:
         affine = propagate(spec, domain, x)
         lo, hi = jnp.maximum(lo, affine.lower()), jnp.minimum(hi, affine.upper())
         margin = jnp.maximum(margin, _margin_lower(affine, y))

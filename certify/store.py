@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from certify import domains
-from certify.domains import Box, Zonotope
+from certify import certificates, domains
+from certify.domains import Domain
 from metaedit import checkpoint, nets
 
 LID_FORMAT = "certify-lid/1"
@@ -25,36 +25,30 @@ class StoredLIDs(NamedTuple):
 
     spec: nets.Spec
     params: Any
-    domains: list
+    domains: list[Domain]
     record: dict
 
 
-def _domain_tree(domain):
-    if isinstance(domain, Box):
-        return {"lo": domain.lo, "hi": domain.hi}
-    return {"center": domain.center, "radius": domain.radius, "generators": domain.generators}
-
-
-def save_lids(directory: str | Path, spec: nets.Spec, params: Any, lids: list, kind: str, dataset: dict,
+def save_lids(directory: str | Path, spec: nets.Spec, params: Any, lids: list, dataset: dict,
               cert_rows: np.ndarray, heldout_rows: np.ndarray, extra: dict | None = None) -> None:
     """Writes the certified ``lids`` (best first) around ``params`` to ``directory``."""
     ordered = sorted(lids, key=lambda l: -l.log_volume)
     record = {
         "format": LID_FORMAT,
         "spec": nets.spec_to_dict(spec),
-        "domain": kind,
-        "rank": ordered[0].domain.rank if isinstance(ordered[0].domain, Zonotope) else 0,
+        "domain": ordered[0].domain.kind,
+        "rank": ordered[0].domain.rank,
         "dataset": dataset,
         "cert_rows": np.asarray(cert_rows).tolist(),
         "heldout_rows": np.asarray(heldout_rows).tolist(),
         "lids": [{
             "step": l.step, "scale": l.scale, "log_volume": l.log_volume,
-            "mean_log_width": float(domains.mean_log_width(l.domain)),
+            "mean_log_width": float(l.domain.mean_log_width()),
             "certificates": [c._asdict() for c in l.certificates],
         } for l in ordered],
         **(extra or {}),
     }
-    tree = {"params": params, "lids": [_domain_tree(l.domain) for l in ordered]}
+    tree = {"params": params, "lids": [l.domain.to_tree() for l in ordered]}
     checkpoint.save(directory, 0, jax.tree.map(np.asarray, tree), record, max_to_keep=1)
 
 
@@ -64,26 +58,60 @@ def load_lids(directory: str | Path) -> StoredLIDs:
     if record.get("format") != LID_FORMAT:
         raise checkpoint.CheckpointError(f"{directory} does not hold certified LIDs")
     spec = nets.spec_from_dict(record["spec"])
-    shapes = nets.param_shapes(spec)
-    params = {n: {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in layer.items()} for n, layer in shapes.items()}
-    rank = record["rank"]
-    if record["domain"] == "box":
-        one = {"lo": params, "hi": params}
-    else:
-        gens = {n: {k: jax.ShapeDtypeStruct((rank,) + s, np.float32) for k, s in layer.items()}
-                for n, layer in shapes.items()}
-        one = {"center": params, "radius": params, "generators": gens}
-    abstract = {"params": params, "lids": [one] * len(record["lids"])}
+    kind = domains.get(record["domain"])
+    params = {n: {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in layer.items()}
+              for n, layer in nets.param_shapes(spec).items()}
+    abstract = {"params": params, "lids": [kind.abstract_tree(params, record["rank"])] * len(record["lids"])}
     tree, record = checkpoint.restore(directory, abstract)
     tree = jax.tree.map(np.asarray, tree)
-    found = [Box(**t) if record["domain"] == "box" else Zonotope(**t) for t in tree["lids"]]
-    return StoredLIDs(spec, tree["params"], found, record)
+    return StoredLIDs(spec, tree["params"], [kind.from_tree(t) for t in tree["lids"]], record)
 
 
-def certify_again(stored: StoredLIDs, index: int, x_cert, y_cert, x_heldout, y_heldout, confidence: float = 0.95):
+def certify_again(stored: StoredLIDs, index: int, x_cert, y_cert, x_heldout, y_heldout,
+                  confidence: float = 0.95) -> list[certificates.Certificate]:
     """Recomputes LID ``index``'s certificate for each stored tau on the given samples."""
-    from certify import specs
-
     taus = [c["tau"] for c in stored.record["lids"][index]["certificates"]]
-    return [specs.certificate(stored.spec, stored.domains[index], specs.Constraint(x_cert, y_cert, tau),
-                              x_heldout, y_heldout, confidence) for tau in taus]
+    return [certificates.certificate(stored.spec, stored.domains[index], certificates.Constraint(x_cert, y_cert, tau),
+                                     x_heldout, y_heldout, confidence) for tau in taus]
+
+
+def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | None = None) -> dict:
+    """What ``metaedit check`` reports for the LID saved in ``directory``, as a JSON-ready dict.
+
+    The best LID's certificate is recomputed on the stored certification and held-out rows of the
+    data set it was certified on; ``inside`` says whether ``params`` (default: the LID's own
+    network, of architecture ``spec``) lie in it. Raises :class:`metaedit.nets.SpecError` when
+    ``spec`` is not the LID's architecture.
+    """
+    from metaedit.datasets import load_source
+
+    stored = load_lids(directory)
+    if params is None:
+        params = stored.params
+    elif spec != stored.spec:
+        raise nets.SpecError(f"the params are a {nets.describe(spec)} network; the LID is for "
+                             f"{nets.describe(stored.spec)}")
+    best = stored.domains[0]
+    dataset = load_source(stored.record["dataset"])
+    cert_rows, heldout_rows = np.asarray(stored.record["cert_rows"]), np.asarray(stored.record["heldout_rows"])
+    found = certify_again(stored, 0, dataset.x_test[cert_rows], dataset.y_test[cert_rows],
+                          dataset.x_test[heldout_rows], dataset.y_test[heldout_rows])
+    first = found[0]
+    return {
+        "lid": str(directory),
+        "domain": stored.record["domain"],
+        "architecture": nets.describe(stored.spec),
+        "inside": best.contains(params, rtol=1e-6),
+        "tau": first.tau,
+        "certified_accuracy": first.certified_accuracy,
+        "certified_accuracy_lower_bound": first.lower_bound,
+        "heldout_certified_accuracy": first.heldout_certified_accuracy,
+        "confidence": first.confidence,
+        "cert_samples": len(cert_rows),
+        "heldout_samples": len(heldout_rows),
+        "log_volume": float(best.log_volume()),
+        "mean_log_width": float(best.mean_log_width()),
+        "lids": len(stored.domains),
+        "holds": all(c.holds for c in found),
+        "solve_seconds": stored.record.get("solve_seconds"),
+    }

@@ -7,31 +7,29 @@ its condition ``[lambda, (target - low) / (high - low)]``. The loss is
 
     mean over networks of  lambda * excess_R(edited, target) + (1 - lambda) * JSD(f_theta(x) || f_theta'(x))
 
-with straight-through masks. Training is an ``init`` / ``update`` pair (optax AdamW with gradient
-clipping) run under ``lax.scan`` in chunks; between chunks the host shows a progress bar, appends
-the chunk's mean metrics to ``metrics.jsonl`` and writes an orbax checkpoint, so a killed run
-resumes and ends identical to an uninterrupted one.
+with straight-through masks. Each step is :func:`metaedit.training.make_step` (AdamW with gradient
+clipping); chunks of steps run under ``lax.scan`` and :func:`metaedit.driver.run_chunks` drives
+them (progress bar, ``metrics.jsonl``, a checkpoint per chunk, resume: a killed run resumes and
+ends identical to an uninterrupted one). With validation networks, each chunk also logs the loss
+terms on them at lambda 0.5 and the requirement's default target.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
-import time
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from metaedit import checkpoint, gmn, nets, requirements
+from metaedit import baselines, checkpoint, driver, gmn, nets, options, requirements, training
 from metaedit.datasets import Dataset
-from metaedit.requirements import Batch, Requirement
+from metaedit.options import option
+from metaedit.requirements import Requirement
+from metaedit.training import Batch, TrainState
 
 EDITOR_FORMAT = "metaedit-editor/1"
 
@@ -42,27 +40,28 @@ class EditorTrainingError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class EditorTrainConfig:
-    """Editor training settings; ``lambda_range`` bounds the sampled trade-off weights."""
+    """Editor training settings."""
 
-    requirement: str
-    steps: int = 1000
-    chunk_steps: int = 100
-    networks_per_step: int = 8
-    data_batch: int = 256  # rows per step for the JSD (and the excess, unless requirement.whole_split)
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    clip_norm: float = 1.0
-    lambda_range: tuple[float, float] = (0.0, 1.0)
-    # trains each network against a target this much stricter (requirement units) than its condition
-    # says, so a target met on training batches is still met on held-out data
-    safety_margin: float = 0.0
-    # the share of networks per step edited at exactly lambda = low end of lambda_range: the JSD's
-    # gradient vanishes at the identity, so without these the editor learns to keep a network whole
-    # at lambda = 0 only slowly
-    endpoint_fraction: float = 0.25
-    hidden: int = 32
-    layers: int = 3
-    seed: int = 0
+    requirement: str = option("pruning", "the requirement the editor learns to meet",
+                              choices=requirements.NAMES)
+    steps: int = option(1000, "training steps")
+    chunk_steps: int = option(100, "steps between checkpoints (and progress updates)")
+    networks_per_step: int = option(8, "training networks edited per step")
+    data_batch: int = option(256, "rows per step for the JSD (and the excess, unless the requirement is "
+                                  "measured on the whole training split)")
+    learning_rate: float = option(1e-3, "AdamW learning rate")
+    weight_decay: float = option(1e-4, "AdamW weight decay")
+    clip_norm: float = option(1.0, "gradient clipping (global norm)")
+    lambda_range: tuple[float, float] = option((0.0, 1.0), "range of the sampled trade-off weights",
+                                               metavar=("LOW", "HIGH"))
+    safety_margin: float | None = option(None, "train against a target this much stricter than the condition "
+                                         "states (default: the requirement's own, 0.02 for the fairness gaps, else 0)")
+    endpoint_fraction: float = option(0.25, "share of each step's networks edited at the lowest lambda (the JSD's "
+                                            "gradient vanishes at the identity, so without them the editor learns "
+                                            "to keep a network whole only slowly)")
+    hidden: int = option(32, "the editor's width")
+    layers: int = option(3, "message-passing rounds")
+    seed: int = option(0, "seeds the editor's initialisation and the sampling of networks, rows and lambdas")
 
     def __post_init__(self):
         for name in ("steps", "chunk_steps", "networks_per_step", "data_batch", "hidden", "layers"):
@@ -73,23 +72,16 @@ class EditorTrainConfig:
             raise EditorTrainingError(f"lambda_range must satisfy 0 <= low <= high <= 1, got {self.lambda_range}")
         if not 0.0 <= self.endpoint_fraction <= 1.0:
             raise EditorTrainingError(f"endpoint_fraction must lie in [0, 1], got {self.endpoint_fraction}")
-        if not (np.isfinite(self.safety_margin) and self.safety_margin >= 0):
+        if self.safety_margin is not None and not (np.isfinite(self.safety_margin) and self.safety_margin >= 0):
             raise EditorTrainingError(f"safety_margin must be finite and >= 0, got {self.safety_margin}")
 
     @property
     def num_chunks(self) -> int:
         return math.ceil(self.steps / self.chunk_steps)
 
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-
-class EditorState(NamedTuple):
-    """The editor's variables, the optimiser state and the global step."""
-
-    variables: Any
-    opt_state: Any
-    step: Any
+    def margin(self, requirement: Requirement) -> float:
+        """The safety margin in effect: the configured one, or the requirement's default."""
+        return requirement.safety_margin if self.safety_margin is None else self.safety_margin
 
 
 def optimizer(config: EditorTrainConfig) -> optax.GradientTransformation:
@@ -131,107 +123,83 @@ def editing_loss(variables, gmn_config: gmn.GMNConfig, spec: nets.Spec, requirem
     return losses.mean(), {"loss": losses.mean(), "excess": excess.mean(), "jsd": divergence.mean()}
 
 
-class _Program:
-    """The jitted chunk of one editor training run."""
-
-    def __init__(self, spec, requirement, gmn_config, config: EditorTrainConfig, pool, data: Batch):
-        tx = optimizer(config)
-        low, high = requirement.target_range
-        lam_low, lam_high = config.lambda_range
-        pool_size = jax.tree.leaves(pool)[0].shape[0]
-        rows = data.y.shape[0]
-        whole = data if requirement.whole_split else None
-        base = jax.random.key(config.seed)
-
-        def step(state: EditorState, _):
-            k_nets, k_rows, k_lam, k_target, k_end = jax.random.split(jax.random.fold_in(base, state.step), 5)
-            chosen = jax.random.randint(k_nets, (config.networks_per_step,), 0, pool_size)
-            picked = jax.tree.map(lambda leaf: leaf[chosen], pool)
-            index = jax.random.randint(k_rows, (config.data_batch,), 0, rows)
-            batch = Batch(data.x[index], data.y[index], data.s[index])
-            lam = jax.random.uniform(k_lam, (config.networks_per_step,), minval=lam_low, maxval=lam_high)
-            lam = jnp.where(jax.random.uniform(k_end, lam.shape) < config.endpoint_fraction, lam_low, lam)
-            target = jax.random.uniform(k_target, (config.networks_per_step,), minval=low, maxval=high)
-            grads, metrics = jax.grad(editing_loss, has_aux=True)(
-                state.variables, gmn_config, spec, requirement, picked, batch, lam, target, config.safety_margin, whole)
-            updates, opt_state = tx.update(grads, state.opt_state, state.variables)
-            return EditorState(optax.apply_updates(state.variables, updates), opt_state, state.step + 1), metrics
-
-        self.chunk = jax.jit(lambda state: jax.lax.scan(step, state, None, length=config.chunk_steps))
-        self.init = lambda variables: EditorState(variables, tx.init(variables), jnp.zeros((), jnp.int32))
-
-
-def train_editor(spec: nets.Spec, pool: nets.Params, dataset: Dataset, config: EditorTrainConfig,
-                 workdir: str | Path | None = None, progress: bool = True, identity: dict | None = None,
-                 stop_after_chunks: int | None = None) -> gmn.Editor | None:
-    """Trains an editor on the stacked training networks ``pool`` [P, ...] of ``spec``.
-
-    With ``workdir``: checkpoints every chunk, ``metrics.jsonl``, and resume of an unfinished run
-    whose record matches (``identity`` adds keys to match, e.g. the zoo). ``stop_after_chunks``
-    stops early and returns None (a controlled interruption, for tests).
-    """
-    requirement = requirements.get(config.requirement, dataset.feature_groups)
-    nets.validate_params(spec, pool, batch_dims=1)
-    if config.requirement in ("fairness", "demographic_parity") and dataset.s_train is None:
-        raise EditorTrainingError(f"{config.requirement} needs a data set with a sensitive attribute; {dataset.name} has none")
-    gmn_config = gmn.GMNConfig.for_specs([spec], hidden=config.hidden, layers=config.layers)
-    sensitive = dataset.s_train if dataset.s_train is not None else np.zeros_like(dataset.y_train)
-    data = Batch(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train), jnp.asarray(sensitive))
-    program = _Program(spec, requirement, gmn_config, config, jax.tree.map(jnp.asarray, pool), data)
-    record = {"format": EDITOR_FORMAT, "spec": nets.spec_to_dict(spec), "config": config.to_dict(),
-              "gmn": dataclasses.asdict(gmn_config), "dataset": dataset.source, **(identity or {})}
-    state = program.init(gmn.init_editor(gmn_config, jax.random.key(config.seed)).variables)
-    start = 0
-    if workdir is not None and checkpoint.steps(workdir):
-        step, saved = checkpoint.read_record(workdir)
-        checkpoint.check_record(saved, record, f"{workdir} step {step}")
-        state, _ = checkpoint.restore(workdir, state, step=step)
-        start = step
-    bar = tqdm(total=config.num_chunks * config.chunk_steps, initial=start * config.chunk_steps,
-               desc=f"editor {config.requirement}", unit="step", disable=not progress)
-    for chunk in range(start, config.num_chunks):
-        state, metrics = program.chunk(state)
-        done = chunk + 1
-        summary = {"step": done * config.chunk_steps, **{k: float(np.mean(v)) for k, v in metrics.items()}}
-        if workdir is not None:
-            checkpoint.save(workdir, done, state, {**record, "chunks_done": done, "complete": done == config.num_chunks})
-            with open(Path(workdir) / "metrics.jsonl", "a") as log:
-                log.write(json.dumps(summary) + "\n")
-        bar.update(config.chunk_steps)
-        bar.set_postfix(loss=f"{summary['loss']:.4f}", jsd=f"{summary['jsd']:.4f}")
-        if stop_after_chunks is not None and done - start >= stop_after_chunks and done < config.num_chunks:
-            bar.close()
-            return None
-    bar.close()
-    return gmn.Editor(gmn_config, state.variables)
+_loss_terms = jax.jit(editing_loss, static_argnums=(1, 2, 3, 8))
 
 
 def evaluation_loss(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
                     batch: Batch, lam: float, target: float) -> dict[str, float]:
     """The training loss's terms for stacked ``params`` at one (lambda, target), with straight-through masks."""
     check_lambda(lam)
-    n = jax.tree.leaves(params)[0].shape[0]
-    _, metrics = jax.jit(functools.partial(editing_loss, gmn_config=editor.config, spec=spec, requirement=requirement))(
-        editor.variables, params=params, batch=batch, lam=jnp.full((n,), lam), target=jnp.full((n,), target))
+    n = nets.population_size(params)
+    _, metrics = _loss_terms(editor.variables, editor.config, spec, requirement, params, batch,
+                             jnp.full((n,), lam, jnp.float32), jnp.full((n,), target, jnp.float32), 0.0)
     return {k: float(v) for k, v in metrics.items()}
 
 
-DEFAULT_TARGETS = {"fairness": 0.05, "demographic_parity": 0.05, "pruning": 0.9}
-# a gap met on the training split misses epsilon on held-out data by about the test split's sampling
-# noise; 0.02 is of that order for Adult's smallest (label, sex) cell
-DEFAULT_SAFETY_MARGINS = {"fairness": 0.02, "demographic_parity": 0.02}
+def _chunk_program(spec, requirement, gmn_config, config: EditorTrainConfig, pool, data: Batch):
+    """``(init, chunk)``: the editor's starting state and one jitted chunk of training steps."""
+    tx = optimizer(config)
+    low, high = requirement.target_range
+    lam_low, lam_high = config.lambda_range
+    pool_size = nets.population_size(pool)
+    whole = data if requirement.whole_split else None
+    margin = config.margin(requirement)
+    base = jax.random.key(config.seed)
+    step = training.make_step(tx, lambda variables, b: editing_loss(
+        variables, gmn_config, spec, requirement, b[0], b[1], b[2], b[3], margin, whole), has_aux=True)
+
+    def body(state: TrainState, _):
+        k_nets, k_rows, k_lam, k_target, k_end = jax.random.split(jax.random.fold_in(base, state.step), 5)
+        picked = jax.tree.map(lambda leaf: leaf[jax.random.randint(k_nets, (config.networks_per_step,), 0,
+                                                                   pool_size)], pool)
+        rows = jax.random.randint(k_rows, (config.data_batch,), 0, data.y.shape[0])
+        lam = jax.random.uniform(k_lam, (config.networks_per_step,), minval=lam_low, maxval=lam_high)
+        lam = jnp.where(jax.random.uniform(k_end, lam.shape) < config.endpoint_fraction, lam_low, lam)
+        target = jax.random.uniform(k_target, (config.networks_per_step,), minval=low, maxval=high)
+        return step(state, (picked, jax.tree.map(lambda a: a[rows], data), lam, target))
+
+    chunk = jax.jit(lambda state: jax.lax.scan(body, state, None, length=config.chunk_steps))
+    return (lambda variables: training.init_state(variables, tx)), chunk
 
 
-def default_safety_margin(requirement_name: str) -> float:
-    """The ``safety_margin`` the CLI and the experiments train with: 0.02 for the gaps, else 0."""
-    return DEFAULT_SAFETY_MARGINS.get(requirement_name, 0.0)
+def train_editor(spec: nets.Spec, pool: nets.Params, dataset: Dataset, config: EditorTrainConfig,
+                 workdir: str | Path | None = None, progress: bool = True, identity: dict | None = None,
+                 stop_after_chunks: int | None = None, validation: nets.Params | None = None) -> gmn.Editor | None:
+    """Trains an editor on the stacked training networks ``pool`` [P, ...] of ``spec``.
 
+    With ``workdir``: checkpoints every chunk, ``metrics.jsonl``, and resume of an unfinished run
+    whose record matches (``identity`` adds keys to match, e.g. the zoo). ``validation`` (stacked
+    networks never trained on) adds their loss terms to every chunk's metrics. ``stop_after_chunks``
+    stops early and returns None (a controlled interruption, for tests).
+    """
+    requirement = requirements.for_dataset(config.requirement, dataset)
+    nets.validate_params(spec, pool, batch_dims=1)
+    requirement.check(spec, dataset)
+    gmn_config = gmn.GMNConfig.for_specs([spec], hidden=config.hidden, layers=config.layers)
+    data = baselines.train_batch(dataset)
+    init, chunk = _chunk_program(spec, requirement, gmn_config, config, jax.tree.map(jnp.asarray, pool), data)
+    record = {"format": EDITOR_FORMAT, "spec": nets.spec_to_dict(spec), "config": options.to_dict(config),
+              "gmn": dataclasses.asdict(gmn_config), "dataset": dataset.source, **(identity or {})}
+    state, start = init(gmn.init_editor(gmn_config, jax.random.key(config.seed)).variables), 0
+    resume = driver.resume_point(workdir, record)
+    if resume is not None:
+        start = resume[0]
+        state, _ = checkpoint.restore(workdir, state, step=start)
+    advance = chunk
+    if validation is not None:
+        probe = jax.tree.map(lambda a: a[: config.data_batch], data)
+        target = requirement.default_target()
 
-def default_target(requirement: Requirement, feature_groups=()) -> float:
-    """The target the issue's experiments use: epsilon 0.05, sparsity 0.9, half the feature groups."""
-    if requirement.name == "minimisation":
-        return float(len(feature_groups) // 2)
-    return DEFAULT_TARGETS[requirement.name]
+        def advance(state):
+            state, metrics = chunk(state)
+            terms = evaluation_loss(gmn.Editor(gmn_config, state.params), spec, requirement, validation, probe, 0.5,
+                                    target)
+            return state, {**metrics, **{f"val_{k}": v for k, v in terms.items()}}
+
+    state, finished = driver.run_chunks(advance, state, chunks=config.num_chunks, chunk_steps=config.chunk_steps,
+                                        start=start, desc=f"editor {config.requirement}", progress=progress,
+                                        workdir=workdir, record=record, stop_after_chunks=stop_after_chunks)
+    return gmn.Editor(gmn_config, state.params) if finished else None
 
 
 def load_editor(workdir: str | Path) -> tuple[gmn.Editor, dict]:
@@ -243,44 +211,14 @@ def load_editor(workdir: str | Path) -> tuple[gmn.Editor, dict]:
         raise EditorTrainingError(f"the editor in {workdir} is unfinished ({record.get('chunks_done')} chunks); "
                                   f"run the same train-editor command again to resume")
     gmn_config = gmn.GMNConfig(**record["gmn"])
-    config = EditorTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
+    config = options.from_dict(EditorTrainConfig, record["config"])
     variables = jax.eval_shape(lambda: gmn.init_editor(gmn_config, jax.random.key(0)).variables)
-    abstract = jax.eval_shape(lambda v: EditorState(v, optimizer(config).init(v), jnp.zeros((), jnp.int32)), variables)
+    abstract = jax.eval_shape(lambda v: training.init_state(v, optimizer(config)), variables)
     state, record = checkpoint.restore(workdir, abstract, step=step)
-    return gmn.Editor(gmn_config, state.variables), record
+    return gmn.Editor(gmn_config, state.params), record
 
 
-def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
-                    dataset: Dataset, lambdas, target: float) -> list[dict]:
-    """Hard edits of stacked held-out ``params`` at each lambda, measured on the test split.
+def trained_requirement(record: dict, dataset: Dataset) -> Requirement:
+    """The requirement an editor's record says it was trained for, bound to ``dataset``."""
+    return requirements.for_dataset(record["config"]["requirement"], dataset)
 
-    One dict per lambda: ``lambda``, ``target``, ``compliance_rate``, ``accuracy_change`` (mean, in
-    accuracy units), ``jsd`` (mean), ``requirement_value`` (mean) and ``seconds_per_edit``.
-    """
-    for lam in lambdas:
-        check_lambda(lam)
-    x, y = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-    s = jnp.asarray(dataset.s_test) if dataset.s_test is not None else jnp.zeros_like(y)
-    batch = Batch(x, y, s)
-    count = jax.tree.leaves(params)[0].shape[0]
-    logits = jax.jit(jax.vmap(lambda p: nets.apply(spec, p, x)))
-    before = logits(params)
-    accuracy_before = (before.argmax(-1) == y).mean(-1)
-    rows = []
-    for lam in lambdas:
-        cond = condition(requirement, jnp.asarray(lam, jnp.float32), jnp.asarray(target, jnp.float32))
-        gmn.edit(editor, spec, params, cond)  # compile outside the timing
-        started = time.perf_counter()
-        edited = jax.block_until_ready(gmn.edit(editor, spec, params, cond))
-        seconds = (time.perf_counter() - started) / count
-        after = logits(edited)
-        values = [requirement.measure(spec, jax.tree.map(lambda leaf, i=i: leaf[i], edited), batch) for i in range(count)]
-        divergence = jax.vmap(requirements.jsd)(before, after)
-        rows.append({
-            "lambda": float(lam), "target": float(target),
-            "compliance_rate": float(np.mean([requirement.complies(v, target) for v in values])),
-            "accuracy_change": float(((after.argmax(-1) == y).mean(-1) - accuracy_before).mean()),
-            "jsd": float(divergence.mean()), "requirement_value": float(np.mean(values)),
-            "seconds_per_edit": seconds,
-        })
-    return rows

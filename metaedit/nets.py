@@ -130,6 +130,18 @@ def num_params(spec: Spec) -> int:
     return sum(math.prod(l.kernel_shape) + math.prod(l.bias_shape) for l in layers(spec))
 
 
+def population_size(params: Params) -> int:
+    """P, the number of networks in stacked params [P, ...]."""
+    return int(np.shape(jax.tree.leaves(params)[0])[0])
+
+
+def widest_activation(spec: Spec) -> int:
+    """Floats in the widest activation of one example (an input or a hidden layer)."""
+    if isinstance(spec, MLPSpec):
+        return max((int(np.prod(spec.input_shape)),) + tuple(spec.hidden))
+    return int(np.prod(spec.input_shape[:-1])) * max(spec.channels + (spec.input_shape[-1],))
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def init(spec: Spec, key: jax.Array, scale: float | jax.Array = 1.0) -> Params:
     """Random parameters: kernels ~ N(0, 2 / fan_in) * scale (He init; the last layer 1 / fan_in).

@@ -1,6 +1,6 @@
 """Editor throughput: edits per second over a whole zoo in one call, single-edit latency, graph build.
 
-    python experiments/benchmarks/editor.py [--members 1024] [--hidden 32,32] [--gmn-hidden 32 --gmn-layers 3]
+    python -m experiments.benchmarks.editor [--members 1024] [--hidden 32,32] [--gmn-hidden 32 --gmn-layers 3]
 
 Networks: ReLU MLPs on Adult's 104 inputs (hidden 32,32 by default; random weights, as editing
 cost does not depend on them). Measurements, each a JSON line (keys as in DESIGN.md section 5):
@@ -15,17 +15,13 @@ cost does not depend on them). Measurements, each a JSON line (keys as in DESIGN
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from experiments.benchmarks.common import best_seconds, emit, machine  # noqa: E402
-from metaedit import gmn, graphs, nets  # noqa: E402
+from experiments.benchmarks.common import best_seconds, emit, machine
+from metaedit import gmn, graphs, nets
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,6 @@
 """LID cost: solve time against parameter count and certification samples; bound-propagation throughput.
 
-    python experiments/benchmarks/lid.py [--steps 100] [--repeats 2]
+    python -m experiments.benchmarks.lid [--steps 100] [--repeats 2]
 
 Networks are randomly initialised on Adult's 104 inputs (and an 8x8 digits CNN for bounds); the
 labels are the network's own predictions, so its point accuracy is 1 and tau = 0.9 is reachable.
@@ -15,26 +15,24 @@ JSON lines (keys as in DESIGN.md section 5):
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from certify import bounds, certificates, domains, solver
+from experiments.benchmarks.common import best_seconds, emit, machine
+from metaedit import datasets, nets
 
-from certify import bounds, domains, lid, specs  # noqa: E402
-from experiments.benchmarks.common import best_seconds, emit, machine  # noqa: E402
-from metaedit import datasets, nets  # noqa: E402
+
+_solve = jax.jit(solver.solve)
 
 
 def solve_seconds(spec, params, x, kind, steps, repeats) -> float:
     y = nets.apply(spec, params, x).argmax(1)
-    problem = lid.make_problem(spec, params, lid.LIDConfig(domain=kind, steps=steps, snapshot_every=steps))
-    solve = jax.jit(lid.solve)
-    constraints = (specs.Constraint(x, y, 0.9),)
-    jax.block_until_ready(solve(problem, constraints))
-    return best_seconds(lambda: jax.block_until_ready(solve(problem, constraints)), repeats)
+    problem = solver.make_problem(spec, params, solver.LIDConfig(domain=kind, steps=steps, snapshot_every=steps))
+    constraints = (certificates.Constraint(x, y, 0.9),)
+    jax.block_until_ready(_solve(problem, constraints))
+    return best_seconds(lambda: jax.block_until_ready(_solve(problem, constraints)), repeats)
 
 
 def bound_rates(spec, params, x, repeats, population=64) -> dict:

@@ -1,6 +1,6 @@
 """Population training throughput: the vmapped zoo against its peers, side by side in one run.
 
-    python experiments/benchmarks/population.py [--members 256] [--steps 50] [--impl all]
+    python -m experiments.benchmarks.population [--members 256] [--steps 50] [--impl all]
 
 Every implementation trains the same population of ReLU MLPs (Adult inputs, hidden 32,32, 2
 classes) with AdamW at per-member learning rates and weight decays, on per-member random batches of
@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from experiments.benchmarks.common import (best_seconds, emit, jax_matmul_gflops, machine,  # noqa: E402
+from experiments.benchmarks.common import (best_seconds, emit, jax_matmul_gflops, machine,
                                            torch_matmul_gflops)
-from metaedit import datasets, nets, zoo  # noqa: E402
-from metaedit.sharding import Placement, pad_population, use_cpu_cores  # noqa: E402
+from metaedit import datasets, nets, zoo
+from metaedit.training import Batch
+from metaedit.sharding import Placement, pad_population, use_cpu_cores
 
 IMPLS = ("jax-vmap", "jax-loop", "torch-vmap", "torch-loop")
 
@@ -214,10 +211,10 @@ def main(argv=None) -> None:
             emit("population_training", impl, None, "network_steps/s", skipped="torch is not installed", **sizes)
             continue
         if impl == "jax-vmap":
-            seconds = run_jax_vmap(spec, hparams, zoo.TrainData(jnp.asarray(data.x_train), jnp.asarray(data.y_train)),
+            seconds = run_jax_vmap(spec, hparams, Batch(jnp.asarray(data.x_train), jnp.asarray(data.y_train)),
                                    args.steps, args.batch_size, args.repeats)
         elif impl == "jax-loop":
-            seconds = run_jax_loop(spec, hparams, zoo.TrainData(jnp.asarray(data.x_train), jnp.asarray(data.y_train)),
+            seconds = run_jax_loop(spec, hparams, Batch(jnp.asarray(data.x_train), jnp.asarray(data.y_train)),
                                    args.steps, args.batch_size, args.repeats)
         elif impl == "torch-vmap":
             seconds = run_torch_vmap(widths, hparams, x_torch, y_torch, args.steps, args.batch_size, args.repeats)

@@ -1,0 +1,69 @@
+"""Cost of one compliance edit: the editor against every baseline, warm against warm, side by side.
+
+    python -m experiments.benchmarks.edit_cost [--members 256] [--networks 38]
+
+A seeded Adult zoo (``mlp:32,32``) is trained; its first ``--networks`` members are edited by an
+editor (its cost does not depend on its weights, so a freshly initialised one is timed) and by every
+baseline of every requirement at its default strength. Each method runs once to compile, then is
+timed on a second, warm call (the baselines do this themselves: ``metaedit.baselines.timed``);
+``first_call_seconds`` is the first call, compilation included. JSON lines: ``benchmark``
+"edit_cost", ``impl`` (editor or the baseline), ``value`` in ms per network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from experiments.benchmarks.common import emit, machine
+from metaedit import datasets, editor, gmn, nets, requirements, zoo
+
+
+def _timed(run) -> tuple[float, float]:
+    """(first call seconds, warm call seconds) of ``run()`` (which must block until done)."""
+    started = time.perf_counter()
+    run()
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    run()
+    return first, time.perf_counter() - started
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--members", type=int, default=256, help="zoo size (default: 256)")
+    parser.add_argument("--networks", type=int, default=38, help="networks edited (default: 38, the held-out "
+                                                                  "split of a 256-member zoo)")
+    parser.add_argument("--only", default="", help="comma-separated requirements (default: all with baselines)")
+    args = parser.parse_args(argv)
+    data = datasets.load_adult()
+    spec = nets.parse_arch("mlp:32,32", data.input_shape, data.num_classes)
+    trained = zoo.train_zoo(spec, data, zoo.ZooConfig(members=args.members, epochs=2, seed=0), progress=False)
+    params = jax.tree.map(lambda leaf: np.asarray(leaf[: args.networks]), trained.params)
+    count = nets.population_size(params)
+    where = {"networks": count, "arch": nets.describe(spec), **machine()}
+    names = [n for n in (args.only.split(",") if args.only else requirements.NAMES)]
+    editor_config = gmn.GMNConfig.for_specs([spec])
+    fresh = gmn.init_editor(editor_config, jax.random.key(0))
+    for name in names:
+        requirement = requirements.for_dataset(name, data)
+        cond = editor.condition(requirement, np.float32(0.5), np.float32(requirement.default_target()))
+        first, warm = _timed(lambda: jax.block_until_ready(gmn.edit(fresh, spec, params, cond)))
+        emit("edit_cost", "editor", 1e3 * warm / count, "ms/network", requirement=name, first_call_seconds=first,
+             **where)
+        for baseline_name, baseline in requirement.baselines().items():
+            strength = requirement.default_target() if baseline.default_strength is None else baseline.default_strength
+            strength = int(strength) if baseline.strength == "kept" else strength
+            started = time.perf_counter()
+            result = baseline.run(spec, params, data, strength)  # compiles, then times a warm run itself
+            whole = time.perf_counter() - started
+            emit("edit_cost", baseline_name, 1e3 * result.seconds_per_edit, "ms/network", requirement=name,
+                 family=baseline.family, strength=strength,
+                 first_call_seconds=whole - result.seconds_per_edit * count, **where)
+
+
+if __name__ == "__main__":
+    main()

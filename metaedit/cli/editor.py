@@ -1,0 +1,103 @@
+"""``metaedit train-editor``, ``evaluate`` and ``edit``: one editor per requirement, measured and used."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from metaedit import compare, datasets, editor, gmn, nets, zoo
+from metaedit.cli import flags
+from metaedit.gmn import EditorError
+
+
+def _train_editor_command(args: argparse.Namespace) -> int:
+    trained = zoo.load_zoo(args.zoo)
+    dataset = datasets.load_source(trained.dataset)
+    config = flags.config_from(args, editor.EditorTrainConfig)
+    editor.train_editor(trained.spec, trained.subset("train"), dataset, config, workdir=args.out,
+                        progress=args.progress, identity={"zoo": str(Path(args.zoo).resolve())},
+                        validation=trained.subset("val") if len(trained.split["val"]) else None)
+    print(f"editor for {config.requirement} saved in {args.out}", file=sys.stderr)
+    return 0
+
+
+def _load(directory: str):
+    """(editor, spec, dataset, requirement) of a trained editor directory."""
+    trained_editor, record = editor.load_editor(directory)
+    dataset = datasets.load_source(record["dataset"])
+    return trained_editor, nets.spec_from_dict(record["spec"]), dataset, editor.trained_requirement(record, dataset)
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    trained_editor, spec, dataset, requirement = _load(args.editor)
+    trained = zoo.load_zoo(args.zoo)
+    if trained.spec != spec:
+        raise EditorError(f"the editor was trained on {nets.describe(spec)} networks; the zoo holds "
+                          f"{nets.describe(trained.spec)}")
+    target = requirement.default_target() if args.target is None else args.target
+    rows = compare.evaluate_editor(trained_editor, spec, requirement, trained.subset("test"), dataset, args.lambdas,
+                                   target)
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"lambda {row['lambda']:.2f}: compliant {row['compliance_rate']:.3f} at target {row['target']}, "
+                  f"accuracy change {100 * row['accuracy_change']:+.2f} points, JSD {row['jsd']:.4f}, "
+                  f"constant predictors {row['constant_fraction']:.0%}, {1e3 * row['seconds_per_edit']:.2f} ms per edit")
+    return 0
+
+
+def _edit_command(args: argparse.Namespace) -> int:
+    trained_editor, spec, dataset, requirement = _load(args.editor)
+    editor.check_lambda(args.lambda_)
+    params_spec, params = nets.load_params(args.params)
+    if params_spec != spec:
+        raise EditorError(f"{args.params} is a {nets.describe(params_spec)} network; the editor edits "
+                          f"{nets.describe(spec)}")
+    target = requirement.default_target() if args.target is None else args.target
+    cond = editor.condition(requirement, jnp.asarray(args.lambda_, jnp.float32), jnp.asarray(target, jnp.float32))
+    edited = gmn.edit(trained_editor, spec, params, cond)
+    nets.save_params(args.out, spec, {n: {k: np.asarray(v) for k, v in layer.items()} for n, layer in edited.items()})
+    print(f"edited network written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _lambdas(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def register(commands) -> None:
+    """Adds ``train-editor``, ``evaluate`` and ``edit`` to the ``metaedit`` parser."""
+    parser = commands.add_parser("train-editor", help="train one editor for a requirement on a zoo",
+                                 description="Train one editor for the whole accuracy/compliance trade-off on the "
+                                             "zoo's training networks (checkpointed; a stopped run resumes).")
+    parser.add_argument("--zoo", required=True, help="a zoo directory written by 'metaedit zoo'")
+    flags.add_options(parser, editor.EditorTrainConfig, required=("requirement",))
+    parser.add_argument("--out", required=True, help="editor directory (resumed if it holds an unfinished run)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar (default: on)")
+    parser.set_defaults(run=_train_editor_command)
+
+    parser = commands.add_parser("evaluate", help="evaluate an editor on a zoo's held-out networks")
+    parser.add_argument("--editor", required=True, help="an editor directory written by 'metaedit train-editor'")
+    parser.add_argument("--zoo", required=True, help="the zoo whose test networks are edited")
+    parser.add_argument("--lambdas", type=_lambdas, default=(0.0, 0.25, 0.5, 0.75, 1.0),
+                        help="comma-separated trade-off weights (default: 0,0.25,0.5,0.75,1)")
+    parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own: gap "
+                                                      "0.05, sparsity 0.9, half the feature groups)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per lambda (default: one line each)")
+    parser.set_defaults(run=_evaluate_command)
+
+    parser = commands.add_parser("edit", help="edit one network (a params file) with a trained editor")
+    parser.add_argument("--editor", required=True, help="an editor directory written by 'metaedit train-editor'")
+    parser.add_argument("--params", required=True, help="the network to edit, a params file (.npz)")
+    parser.add_argument("--lambda", dest="lambda_", type=float, required=True,
+                        help="trade-off weight in [0, 1]: 0 keeps the network, 1 meets the requirement at any cost")
+    parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own)")
+    parser.add_argument("--out", required=True, help="the edited params file to write (.npz)")
+    parser.set_defaults(run=_edit_command)

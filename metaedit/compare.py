@@ -1,0 +1,95 @@
+"""The editor against the baselines on the same held-out networks: one row per method and setting.
+
+Every row has ``method``, ``setting``, ``target``, ``value`` (the requirement's mean measure on the
+test split), ``compliance_rate`` (the fraction of networks that meet the target),
+``accuracy_change`` (mean test accuracy after minus before, in accuracy units),
+``constant_fraction`` (the fraction of networks that predict one class for every test row: such an
+edit may meet a gap requirement trivially, so it is always reported) and ``seconds_per_edit``
+(warm wall time per network, compilation excluded on both sides). Editor rows add ``lambda`` and
+``jsd`` (mean divergence from the original network on the test split).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaedit import gmn, nets, requirements
+from metaedit.baselines import Baseline, BaselineResult, predict
+from metaedit.datasets import Dataset
+from metaedit.editor import check_lambda, condition
+from metaedit.requirements import Requirement
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(spec: nets.Spec, params: nets.Params, x: jax.Array) -> jax.Array:
+    return jax.vmap(lambda p: nets.apply(spec, p, x))(params)
+
+
+def summarise(requirement: Requirement, spec: nets.Spec, result: BaselineResult, dataset: Dataset, target: float,
+              accuracy_before: np.ndarray) -> dict:
+    """The row fields every method shares, for one method's edited networks (see the module docstring)."""
+    values = requirement.measure_result(spec, result, dataset)
+    predictions = np.asarray(result.predictions)
+    accuracy = (predictions == np.asarray(dataset.y_test)[None]).mean(1)
+    constant = (predictions == predictions[:, :1]).all(1)
+    return {"target": float(target), "value": float(values.mean()),
+            "compliance_rate": float(np.mean([requirement.complies(v, target) for v in values])),
+            "accuracy_change": float((accuracy - accuracy_before).mean()),
+            "constant_fraction": float(constant.mean()), "seconds_per_edit": float(result.seconds_per_edit)}
+
+
+def test_accuracy(spec: nets.Spec, params: nets.Params, dataset: Dataset) -> np.ndarray:
+    """[P] test accuracy of stacked networks."""
+    return (predict(spec, params, dataset.x_test) == np.asarray(dataset.y_test)[None]).mean(1)
+
+
+def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
+                    dataset: Dataset, lambdas: Sequence[float], target: float) -> list[dict]:
+    """Hard edits of stacked held-out ``params`` at each lambda, measured on the test split (one row
+    per lambda, method ``editor``)."""
+    for lam in lambdas:
+        check_lambda(lam)
+    x = jnp.asarray(dataset.x_test)
+    before = _logits(spec, params, x)
+    accuracy_before = test_accuracy(spec, params, dataset)
+    rows = []
+    for lam in lambdas:
+        cond = condition(requirement, jnp.asarray(lam, jnp.float32), jnp.asarray(target, jnp.float32))
+        gmn.edit(editor, spec, params, cond)  # compile outside the timing
+        started = time.perf_counter()
+        edited = jax.block_until_ready(gmn.edit(editor, spec, params, cond))
+        seconds = (time.perf_counter() - started) / nets.population_size(params)
+        after = _logits(spec, edited, x)
+        result = BaselineResult(edited, np.asarray(after.argmax(-1)), seconds)
+        rows.append({"method": "editor", "setting": f"lambda={float(lam)}", "lambda": float(lam),
+                     **summarise(requirement, spec, result, dataset, target, accuracy_before),
+                     "jsd": float(jax.vmap(requirements.jsd)(before, after).mean())})
+    return rows
+
+
+def evaluate_baselines(requirement: Requirement, spec: nets.Spec, params: nets.Params, dataset: Dataset,
+                       target: float, strengths: dict[str, Sequence[float]] | None = None,
+                       only: Sequence[str] | None = None) -> list[dict]:
+    """Every baseline of ``requirement`` (or those named in ``only``) on the same networks, at each of
+    ``strengths[name]`` (default: the baseline's default strength, or the target)."""
+    accuracy_before = test_accuracy(spec, params, dataset)
+    table: dict[str, Baseline] = requirement.baselines()
+    unknown = sorted(set(only or ()) - set(table))
+    if unknown:
+        raise requirements.RequirementError(f"{requirement.name} has no baselines {unknown}; it has {', '.join(table)}")
+    rows = []
+    for name in only if only is not None else table:
+        baseline = table[name]
+        default = target if baseline.default_strength is None else baseline.default_strength
+        for strength in (strengths or {}).get(name, [default]):
+            result = baseline.run(spec, params, dataset, strength)
+            setting = f"{baseline.strength}={strength}" if baseline.strength else "-"
+            rows.append({"method": name, "setting": setting,
+                         **summarise(requirement, spec, result, dataset, target, accuracy_before)})
+    return rows

@@ -1,0 +1,49 @@
+"""Data sets shipped with metaedit, and a loader for a user's own CSV, in one typed container.
+
+Tabular data sets (Adult, German credit, breast cancer, a user's CSV) come with a binary sensitive
+attribute and *feature groups* (see :mod:`metaedit.datasets.encoding`). Image data sets (digits,
+MNIST-5k, MNIST-1D) come as ``[n, *spatial, channels]`` arrays with values scaled to about unit
+range. Every split that the source does not fix is drawn, stratified by label, from ``seed``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from metaedit.datasets.base import Dataset, DatasetError
+from metaedit.datasets.images import load_digits, load_mnist1d, load_mnist5k
+from metaedit.datasets.tabular import load_adult, load_breast_cancer, load_csv, load_german
+
+__all__ = ["Dataset", "DatasetError", "LOADERS", "SHIPPED", "load_dataset", "load_source", "load_adult",
+           "load_german", "load_breast_cancer", "load_csv", "load_digits", "load_mnist5k", "load_mnist1d"]
+
+LOADERS: dict[str, Callable[..., Dataset]] = {
+    "adult": load_adult,
+    "german": load_german,
+    "breast_cancer": load_breast_cancer,
+    "digits": load_digits,
+    "mnist5k": load_mnist5k,
+    "mnist1d": load_mnist1d,
+    "csv": load_csv,
+}
+
+
+def load_dataset(name: str, **options) -> Dataset:
+    """Loads a data set by registry name (``LOADERS``) with the loader's keyword options."""
+    if name not in LOADERS:
+        raise DatasetError(f"unknown data set {name!r}; known: {', '.join(sorted(LOADERS))}")
+    try:
+        return LOADERS[name](**options)
+    except TypeError as error:
+        if "unexpected keyword" in str(error):
+            raise DatasetError(f"data set {name!r}: {error}") from None
+        raise
+
+
+def load_source(source: dict) -> Dataset:
+    """Loads a data set again from its ``Dataset.source`` record."""
+    options = dict(source)
+    return load_dataset(options.pop("name"), **options)
+
+SHIPPED = tuple(sorted(name for name in LOADERS if name != "csv"))
+"""The names of the data sets that ship with the package (every loader but ``csv``)."""
