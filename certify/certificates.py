@@ -64,18 +64,23 @@ def certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, margi
     return weighted_mean(certified(spec, domain, x, y, margin_tol).astype(x.dtype), weight)
 
 
-def soft_certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, temperature: float = 0.1,
-                            margin_tol: float | None = None) -> jax.Array:
-    """A smooth surrogate: the mean of ``sigmoid((margin_lo - tol) / temperature)``."""
-    tol = default_margin_tol(x.dtype) if margin_tol is None else margin_tol
-    margin = output_bounds(spec, domain, x, y).margin_lo
-    return weighted_mean(jax.nn.sigmoid((margin - tol) / temperature), weight)
+def soft_and_hard_accuracy(spec: nets.Spec, domain: Domain, constraint: "Constraint", temperature: float = 0.1,
+                           margin_tol: float | None = None, leak: float = 0.0,
+                           keep_pulling: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The constraint's (weighted) certified accuracy, smooth and hard, from one bound propagation.
 
-
-def balanced_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
-    """[n] weights 1 / (count of the sample's class): certified accuracy becomes class-balanced."""
-    counts = np.bincount(np.asarray(y), minlength=num_classes).astype(np.float64)
-    return (1.0 / np.maximum(counts, 1))[np.asarray(y)]
+    Smooth: the mean of ``sigmoid(m) + leak * min(m, 0) * keep_pulling`` with ``m = (margin_lo -
+    tol) / temperature``; ``keep_pulling`` [n] (0/1) marks the samples a lost margin should keep
+    pulling back (a plain sigmoid saturates). Hard: the fraction with ``margin_lo > tol``.
+    """
+    tol = default_margin_tol(constraint.x.dtype) if margin_tol is None else margin_tol
+    margin = output_bounds(spec, domain, constraint.x, constraint.y).margin_lo
+    scaled = (margin - tol) / temperature
+    soft = jax.nn.sigmoid(scaled)
+    if keep_pulling is not None:
+        soft = soft + leak * jnp.minimum(scaled, 0.0) * keep_pulling
+    return (weighted_mean(soft, constraint.weight),
+            weighted_mean((margin > tol).astype(margin.dtype), constraint.weight))
 
 
 def per_class_certified_accuracy(spec, domain, x, y, num_classes: int, margin_tol=None) -> np.ndarray:

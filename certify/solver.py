@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import optax
 
 from certify import certificates, domains
-from certify.bounds import output_bounds
 from certify.domains import Domain
 from metaedit import nets
 from metaedit.options import option
@@ -199,12 +198,11 @@ def _lagrangian(theta, problem: LIDProblem, constraints, multipliers, penalty):
     soft, hard = [], []
     for constraint in constraints:
         tol = certificates.default_margin_tol(constraint.x.dtype) if c.margin_tol is None else c.margin_tol
-        margin = output_bounds(problem.spec, domain, constraint.x, constraint.y).margin_lo
-        scaled_margin = (margin - tol) / c.temperature
-        certifiable = _point_margin(problem, constraint) > tol
-        surrogate = jax.nn.sigmoid(scaled_margin) + c.leak * jnp.minimum(scaled_margin, 0.0) * certifiable
-        soft.append(certificates.weighted_mean(surrogate, constraint.weight))
-        hard.append(certificates.weighted_mean((margin > tol).astype(margin.dtype), constraint.weight))
+        certifiable = (_point_margin(problem, constraint) > tol).astype(constraint.x.dtype)
+        s, h = certificates.soft_and_hard_accuracy(problem.spec, domain, constraint, c.temperature, c.margin_tol,
+                                                   c.leak, certifiable)
+        soft.append(s)
+        hard.append(h)
     taus = jnp.stack([jnp.asarray(k.tau, penalty.dtype) for k in constraints]) + c.tau_slack
     violation = taus - jnp.stack(soft)
     augmented = (jax.nn.relu(multipliers + penalty * violation) ** 2 - multipliers ** 2) / (2 * penalty)

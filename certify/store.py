@@ -79,8 +79,9 @@ def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | No
     """What ``metaedit check`` reports for the LID saved in ``directory``, as a JSON-ready dict.
 
     The best LID's certificate is recomputed on the stored certification and held-out rows of the
-    data set it was certified on; ``inside`` says whether ``params`` (default: the LID's own
-    network, of architecture ``spec``) lie in it. Raises :class:`metaedit.nets.SpecError` when
+    data set it was certified on (``heldout_per_class``: the held-out certified accuracy of each
+    class); ``inside`` says whether ``params`` (default: the LID's own network, of architecture
+    ``spec``) lie in it. Raises :class:`metaedit.nets.SpecError` when
     ``spec`` is not the LID's architecture.
     """
     from metaedit.datasets import load_source
@@ -97,6 +98,8 @@ def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | No
     found = certify_again(stored, 0, dataset.x_test[cert_rows], dataset.y_test[cert_rows],
                           dataset.x_test[heldout_rows], dataset.y_test[heldout_rows])
     first = found[0]
+    per_class = certificates.per_class_certified_accuracy(stored.spec, best, dataset.x_test[heldout_rows],
+                                                          dataset.y_test[heldout_rows], stored.spec.num_classes)
     return {
         "lid": str(directory),
         "domain": stored.record["domain"],
@@ -106,6 +109,7 @@ def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | No
         "certified_accuracy": first.certified_accuracy,
         "certified_accuracy_lower_bound": first.lower_bound,
         "heldout_certified_accuracy": first.heldout_certified_accuracy,
+        "heldout_per_class": [None if np.isnan(v) else float(v) for v in per_class],
         "confidence": first.confidence,
         "cert_samples": len(cert_rows),
         "heldout_samples": len(heldout_rows),

@@ -112,8 +112,9 @@ def predict(spec: nets.Spec, params: nets.Params, x: Any) -> np.ndarray:
 
 
 def timed(spec: nets.Spec, params: nets.Params, dataset: Dataset, make: Callable[[], nets.Params]) -> BaselineResult:
-    """Runs ``make()`` once to compile, then times a second, warm run; predictions on the test split."""
-    make()
+    """Runs ``make()`` once to compile (and waits for it: JAX dispatches asynchronously), then times a
+    second, warm run; predictions on the test split."""
+    jax.block_until_ready(make())
     started = time.perf_counter()
     edited = jax.block_until_ready(make())
     seconds = (time.perf_counter() - started) / nets.population_size(params)

@@ -18,6 +18,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from metaedit import gmn, nets, requirements
 from metaedit.baselines import Baseline, BaselineResult, predict
@@ -50,18 +51,18 @@ def test_accuracy(spec: nets.Spec, params: nets.Params, dataset: Dataset) -> np.
 
 
 def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
-                    dataset: Dataset, lambdas: Sequence[float], target: float) -> list[dict]:
+                    dataset: Dataset, lambdas: Sequence[float], target: float, progress: bool = False) -> list[dict]:
     """Hard edits of stacked held-out ``params`` at each lambda, measured on the test split (one row
-    per lambda, method ``editor``)."""
+    per lambda, method ``editor``; a progress bar over the lambdas with ``progress``)."""
     for lam in lambdas:
         check_lambda(lam)
     x = jnp.asarray(dataset.x_test)
     before = _logits(spec, params, x)
     accuracy_before = test_accuracy(spec, params, dataset)
     rows = []
-    for lam in lambdas:
+    for lam in tqdm(lambdas, desc="editing", unit="lambda", disable=not progress):
         cond = condition(requirement, jnp.asarray(lam, jnp.float32), jnp.asarray(target, jnp.float32))
-        gmn.edit(editor, spec, params, cond)  # compile outside the timing
+        jax.block_until_ready(gmn.edit(editor, spec, params, cond))  # compile (and finish) outside the timing
         started = time.perf_counter()
         edited = jax.block_until_ready(gmn.edit(editor, spec, params, cond))
         seconds = (time.perf_counter() - started) / nets.population_size(params)

@@ -199,6 +199,17 @@ def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )
 
 
+def check_fits(spec: Spec, input_shape: tuple[int, ...], outputs: int, where: str,
+               error: type[Exception] = SpecError) -> None:
+    """Raises ``error`` unless ``spec`` takes inputs of ``input_shape`` and has ``outputs`` outputs;
+    ``where`` names the data in the message (e.g. "data set adult")."""
+    if tuple(spec.input_shape) != tuple(input_shape):
+        raise error(f"architecture {describe(spec)} takes inputs {tuple(spec.input_shape)}; {where} has "
+                    f"{tuple(input_shape)}")
+    if spec.num_classes != outputs:
+        raise error(f"the network has {spec.num_classes} outputs; {where} needs {outputs}")
+
+
 def check_shapes(spec: Spec, params: Any, batch_dims: int = 0) -> None:
     """Raises :class:`SpecError` naming the first leaf whose structure, shape or dtype does not fit.
 

@@ -58,7 +58,3 @@ def from_dict(cls: type, record: dict) -> Any:
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
-
-def help_of(cls: type, name: str) -> str:
-    """The help text of field ``name`` of config class ``cls``."""
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)

@@ -152,7 +152,8 @@ def run_quickstart(config: QuickstartConfig, log: Callable[[str], None] = lambda
     held_out = jax.tree.map(np.asarray, trained.subset("test"))
     started = _stage(f"[3/5] editing the {nets.population_size(held_out)} held-out networks at lambda "
                      f"{', '.join(map(str, config.lambdas))}", log)
-    rows = compare.evaluate_editor(trained_editor, spec, requirement, held_out, dataset, config.lambdas, plan.target)
+    rows = compare.evaluate_editor(trained_editor, spec, requirement, held_out, dataset, config.lambdas, plan.target,
+                                   progress=config.progress)
     seconds["edits"] = time.perf_counter() - started
     table = requirement.baselines()
     chosen = [n for n, b in table.items() if b.family == "post-processing"]
@@ -172,6 +173,7 @@ def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, 
     """Edits held-out network 0 at the chosen lambda, saves it, solves and saves a box LID for its
     accuracy, and checks both as ``metaedit check`` does."""
     config, spec, dataset = plan.config, plan.spec, plan.dataset
+    bar = tqdm(total=3, desc="certifying", unit="stage", disable=not config.progress)
     lam = _chosen_lambda([r for r in rows if r["method"] == "editor"])
     network = jax.tree.map(lambda leaf: leaf[0], held_out)
     cond = editor.condition(plan.requirement, np.float32(lam), np.float32(plan.target))
@@ -185,11 +187,15 @@ def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, 
     if tau is None:
         point = certificates.point_certified_accuracy(spec, edited, dataset.x_test[cert_rows], dataset.y_test[cert_rows])
         tau = max(0.01, round(point - 0.02, 3))
+    bar.update()
     found = lid.for_network(spec, edited, dataset, tau, LIDConfig(steps=config.lid_steps, seed=config.seed),
                             plan.cert_samples, plan.heldout_samples, config.seed)
     store.save_lids(work / "lid", spec, edited, found.lids, dataset.source, found.cert_rows, found.heldout_rows,
                     extra={"solve_seconds": found.seconds, "tau": tau})
+    bar.update()
     checked = store.check(work / "lid", edited, spec)
+    bar.update()
+    bar.close()
     return {"lambda": lam, "value": value, "compliant": plan.requirement.complies(value, plan.target),
             "params": str(params_file), **checked}
 

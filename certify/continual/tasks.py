@@ -200,16 +200,8 @@ def task_correct(spec: nets.Spec, params: nets.Params, x, y, valid, mask) -> jax
 
 def check_network(spec: nets.Spec, sequence: TaskSequence) -> None:
     """Raises :class:`ContinualError` if ``spec`` does not take the sequence's inputs or outputs."""
-    if tuple(spec.input_shape) != sequence.input_shape:
-        raise ContinualError(
-            f"the network takes inputs of shape {tuple(spec.input_shape)}; "
-            f"the sequence has {sequence.input_shape}"
-        )
-    if spec.num_classes != sequence.num_outputs:
-        raise ContinualError(
-            f"the network has {spec.num_classes} outputs; the {sequence.scenario}-incremental "
-            f"sequence needs {sequence.num_outputs}"
-        )
+    nets.check_fits(spec, sequence.input_shape, sequence.num_outputs,
+                    f"the {sequence.scenario}-incremental sequence", ContinualError)
 
 
 def evaluate(spec: nets.Spec, params: nets.Params, sequence: TaskSequence) -> np.ndarray:

@@ -62,6 +62,8 @@ def _print_check(summary: dict, as_json: bool) -> int:
     print(f"  held-out                 {summary['heldout_certified_accuracy']:.4f} on "
           f"{summary['heldout_samples']} samples; {summary['confidence']:.0%} lower bound "
           f"{summary['certified_accuracy_lower_bound']:.4f}")
+    per_class = ", ".join("-" if v is None else f"{v:.3f}" for v in summary["heldout_per_class"])
+    print(f"  held-out, per class      {per_class}")
     print(f"  size                     log-volume {summary['log_volume']:.1f}, mean log-width "
           f"{summary['mean_log_width']:.3f}")
     return 0

@@ -46,10 +46,6 @@ class Dataset:
         """Shape of one example, without the batch axis."""
         return tuple(self.x_train.shape[1:])
 
-    @property
-    def is_tabular(self) -> bool:
-        return bool(self.feature_groups)
-
     def __repr__(self) -> str:
         sensitive = f", sensitive={self.sensitive_name!r}" if self.sensitive_name else ""
         groups = f", groups={len(self.feature_groups)}" if self.feature_groups else ""

@@ -67,16 +67,7 @@ def network_split(config: ZooConfig) -> dict[str, np.ndarray]:
 
 def check_fits(spec: nets.Spec, dataset: Dataset) -> None:
     """Raises :class:`ZooError` unless ``spec`` takes the data set's inputs and classes."""
-    if tuple(spec.input_shape) != dataset.input_shape:
-        raise ZooError(
-            f"architecture {nets.describe(spec)} takes inputs {spec.input_shape}, "
-            f"data set {dataset.name} has {dataset.input_shape}"
-        )
-    if spec.num_classes != dataset.num_classes:
-        raise ZooError(
-            f"architecture has {spec.num_classes} outputs, data set {dataset.name} has "
-            f"{dataset.num_classes} classes"
-        )
+    nets.check_fits(spec, dataset.input_shape, dataset.num_classes, f"data set {dataset.name}", ZooError)
 
 
 def identity(spec: nets.Spec, config: ZooConfig, source: dict) -> dict:

@@ -17,16 +17,6 @@ SEEDS = (0, 1)
 TRAIN = dict(steps_per_task=60, batch=32, lr=3e-3, memory_per_task=10, fisher_samples=64)
 
 
-@pytest.fixture(scope="module")
-def class_il(digits):
-    return continual.split(digits, "class", PAIRS)
-
-
-@pytest.fixture(scope="module")
-def spec(class_il):
-    return nets.MLPSpec(class_il.input_shape, (16,), class_il.num_outputs)
-
-
 # --------------------------------------------------------------------------- baselines
 
 

@@ -18,16 +18,6 @@ def _rows(x):
     return sorted(row.tobytes() for row in np.asarray(x).reshape(len(x), -1))
 
 
-@pytest.fixture(scope="module")
-def class_il(digits):
-    return continual.split(digits, "class", PAIRS)
-
-
-@pytest.fixture(scope="module")
-def spec(class_il):
-    return nets.MLPSpec(class_il.input_shape, (16,), class_il.num_outputs)
-
-
 # --------------------------------------------------------------------------- split
 
 
