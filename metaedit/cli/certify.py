@@ -74,10 +74,12 @@ def register(commands) -> None:
     parser = commands.add_parser("lid", help="compute certified locally invariant domains for a network",
                                  description="Solve and certify LIDs in which the network keeps a certified "
                                              "accuracy of at least tau on samples of the test split.")
-    parser.add_argument("--zoo", help="zoo directory (with --member)")
+    parser.add_argument("--zoo", help="zoo directory, with --member (no default: give --zoo or --params)")
     parser.add_argument("--member", type=int, default=0, help="zoo member to certify (default: 0)")
-    parser.add_argument("--params", help="a params file from 'metaedit export' (with --dataset)")
-    parser.add_argument("--dataset", choices=datasets.SHIPPED, help="the data set of --params")
+    parser.add_argument("--params", help="a params file from 'metaedit export', with --dataset (no default: give "
+                                         "--zoo or --params)")
+    parser.add_argument("--dataset", choices=datasets.SHIPPED,
+                        help="the data set of --params (no default: required with --params)")
     parser.add_argument("--tau", type=float, required=True, help="certified accuracy to keep, in (0, 1]")
     parser.add_argument("--cert-samples", type=int,
                         help="certification samples from the test split (default: min(512, a third of the test rows))")

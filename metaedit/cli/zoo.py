@@ -16,9 +16,11 @@ from metaedit.sharding import use_cpu_cores
 def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--dataset`` or ``--csv`` with ``--label``, ``--sensitive`` and ``--categorical``."""
     source = parser.add_mutually_exclusive_group(required=required)
-    source.add_argument("--dataset", choices=datasets.SHIPPED, help="a data set that ships with the package")
-    source.add_argument("--csv", help="your own CSV file with a header row (needs --label)")
-    parser.add_argument("--label", help="label column of --csv (two values)")
+    source.add_argument("--dataset", choices=datasets.SHIPPED,
+                        help="a data set that ships with the package (no default: give --dataset or --csv)")
+    source.add_argument("--csv", help="your own CSV file with a header row, with --label (no default: give "
+                                      "--dataset or --csv)")
+    parser.add_argument("--label", help="label column of --csv, two values (no default: required with --csv)")
     parser.add_argument("--sensitive", help="sensitive attribute: adult sex or race, german sex or age, or a --csv "
                                             "column with two values (default: the data set's own)")
     parser.add_argument("--categorical", default="", help="comma-separated categorical columns of --csv (default: none)")
