@@ -82,6 +82,11 @@ class LIDConfig:
         for name in ("learning_rate", "temperature", "penalty", "penalty_growth", "dual_step"):
             if not getattr(self, name) > 0:
                 raise LIDError(f"LIDConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.margin_tol is not None and not self.margin_tol >= 0:
+            raise LIDError(f"LIDConfig.margin_tol must be >= 0 (a negative tolerance would certify misclassified "
+                           f"samples), got {self.margin_tol}")
+        if self.seed < 0:
+            raise LIDError(f"LIDConfig.seed must be >= 0, got {self.seed}")
 
     @property
     def num_snapshots(self) -> int:

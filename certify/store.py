@@ -30,8 +30,10 @@ class StoredLIDs(NamedTuple):
 
 
 def save_lids(directory: str | Path, spec: nets.Spec, params: Any, lids: list, dataset: dict,
-              cert_rows: np.ndarray, heldout_rows: np.ndarray, extra: dict | None = None) -> None:
-    """Writes the certified ``lids`` (best first) around ``params`` to ``directory``."""
+              cert_rows: np.ndarray, heldout_rows: np.ndarray, margin_tol: float | None = None,
+              extra: dict | None = None) -> None:
+    """Writes the certified ``lids`` (best first) around ``params`` to ``directory``; ``margin_tol`` is
+    the tolerance they were certified with (None: the dtype's default), kept for checking them again."""
     ordered = sorted(lids, key=lambda l: -l.log_volume)
     record = {
         "format": LID_FORMAT,
@@ -41,6 +43,7 @@ def save_lids(directory: str | Path, spec: nets.Spec, params: Any, lids: list, d
         "dataset": dataset,
         "cert_rows": np.asarray(cert_rows).tolist(),
         "heldout_rows": np.asarray(heldout_rows).tolist(),
+        "margin_tol": margin_tol,
         "lids": [{
             "step": l.step, "scale": l.scale, "log_volume": l.log_volume,
             "mean_log_width": float(l.domain.mean_log_width()),
@@ -69,10 +72,12 @@ def load_lids(directory: str | Path) -> StoredLIDs:
 
 def certify_again(stored: StoredLIDs, index: int, x_cert, y_cert, x_heldout, y_heldout,
                   confidence: float = 0.95) -> list[certificates.Certificate]:
-    """Recomputes LID ``index``'s certificate for each stored tau on the given samples."""
+    """Recomputes LID ``index``'s certificate for each stored tau on the given samples, with the
+    margin tolerance it was certified with."""
     taus = [c["tau"] for c in stored.record["lids"][index]["certificates"]]
+    tol = stored.record.get("margin_tol")
     return [certificates.certificate(stored.spec, stored.domains[index], certificates.Constraint(x_cert, y_cert, tau),
-                                     x_heldout, y_heldout, confidence) for tau in taus]
+                                     x_heldout, y_heldout, confidence, tol) for tau in taus]
 
 
 def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | None = None) -> dict:
@@ -81,17 +86,19 @@ def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | No
     The best LID's certificate is recomputed on the stored certification and held-out rows of the
     data set it was certified on (``heldout_per_class``: the held-out certified accuracy of each
     class); ``inside`` says whether ``params`` (default: the LID's own network, of architecture
-    ``spec``) lie in it. Raises :class:`metaedit.nets.SpecError` when
-    ``spec`` is not the LID's architecture.
+    ``spec``) lie in it. Raises :class:`metaedit.nets.SpecError` when ``spec`` (or the shapes of
+    ``params``) is not the LID's architecture.
     """
     from metaedit.datasets import load_source
 
     stored = load_lids(directory)
     if params is None:
         params = stored.params
-    elif spec != stored.spec:
+    elif spec is not None and spec != stored.spec:
         raise nets.SpecError(f"the params are a {nets.describe(spec)} network; the LID is for "
                              f"{nets.describe(stored.spec)}")
+    else:
+        nets.check_shapes(stored.spec, params)
     best = stored.domains[0]
     dataset = load_source(stored.record["dataset"])
     cert_rows, heldout_rows = np.asarray(stored.record["cert_rows"]), np.asarray(stored.record["heldout_rows"])

@@ -47,7 +47,14 @@ class Config:
     delta: float = option(0.2, "safe variants: tau = min(max(acc - delta, acc / 2), tau_max)")
     tau_max: float = option(0.9, "safe variants: the largest tau")
     only: tuple[str, ...] = option((), "a subset of the methods (default: all)")
-    out: str = option("results/continual", "output folder")
+    out: str | None = option(None, "output folder (default: results/continual for domain-incremental Split "
+                                   "MNIST-5k, else results/continual_<dataset>_<scenario>)")
+
+
+def default_out(config: Config) -> str:
+    if (config.dataset, config.scenario) == ("mnist5k", "domain"):
+        return "results/continual"
+    return f"results/continual_{config.dataset}_{config.scenario}"
 
 
 def run(config: Config) -> dict[str, list[dict]]:

@@ -5,8 +5,8 @@ family (:mod:`experiments.compliance`, :mod:`experiments.lid`, :mod:`experiments
 :mod:`experiments.finetune`); each of its option fields is also a flag here, shown with the config's
 value as its default. The family's ``run(config)`` returns its tables, ``report_of(config,
 tables)`` builds the report, and the runner writes both into the config's ``out`` folder
-(``report.md``, the CSV tables, the figures). ``--report-only`` rebuilds the report from the
-tables a finished run wrote.
+(``report.md``, the CSV tables, the figures; a family may derive the folder from the config,
+``default_out``). ``--report-only`` rebuilds the report from the tables a finished run wrote.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def family(config):
 def execute(config, report_only: bool = False) -> tuple[Path, dict[str, list[dict]]]:
     """Runs one experiment (or only rebuilds its report) and writes everything into ``config.out``;
     returns the report's path and the tables."""
-    module, out = family(config), Path(config.out)
+    module = family(config)
+    out = Path(config.out if config.out is not None else module.default_out(config))
     if report_only:
         tables = {name: report.read_csv(out / name) for name in module.TABLES if (out / name).is_file()}
     else:
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the tables of a finished run")
     if known.config:
         config = load(known.config)
-        flags.add_options(parser, type(config),
-                          help_defaults={f.name: flags.show(getattr(config, f.name)) for f in dataclasses.fields(config)})
+        flags.add_options(parser, type(config), help_defaults={f.name: flags.show(getattr(config, f.name), comma=True)
+                                                               for f in dataclasses.fields(config)})
     args = parser.parse_args(argv)
     config = dataclasses.replace(config, **flags.given(args, type(config)))
     written, _ = execute(config, args.report_only)

@@ -33,7 +33,8 @@ class BaselineResult(NamedTuple):
 
 
 class Baseline(NamedTuple):
-    """A comparison method: ``run(spec, params [P, ...], dataset, strength) -> BaselineResult``, its
+    """A comparison method: ``run(spec, params [P, ...], dataset, strength, target) -> BaselineResult``
+    (``target``: the requirement's target, which a method that aims at one uses), its
     family ("post-processing", "removal", "fine-tuning" or "retraining"), what its strength is
     (None: it takes none) and its default strength (None: the requirement's target)."""
 
@@ -43,11 +44,13 @@ class Baseline(NamedTuple):
     default_strength: float | None = None
 
 
-def train_batch(dataset: Dataset) -> Batch:
-    """The training split as a device :class:`Batch` (zeros where the data set has no sensitive attribute)."""
-    y = jnp.asarray(dataset.y_train)
-    s = jnp.asarray(dataset.s_train) if dataset.s_train is not None else jnp.zeros_like(y)
-    return Batch(jnp.asarray(dataset.x_train), y, s)
+def split_batch(dataset: Dataset, part: str) -> Batch:
+    """The ``part`` ("train" or "test") split as a device :class:`Batch` (zeros where the data set
+    has no sensitive attribute)."""
+    y = jnp.asarray(getattr(dataset, f"y_{part}"))
+    sensitive = getattr(dataset, f"s_{part}")
+    return Batch(jnp.asarray(getattr(dataset, f"x_{part}")), y,
+                 jnp.asarray(sensitive) if sensitive is not None else jnp.zeros_like(y))
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "steps", "batch", "penalty"))
@@ -82,7 +85,7 @@ def finetune(spec: nets.Spec, params: nets.Params, masks: nets.Params, dataset: 
     minibatch or, with ``penalty_rows``, on a fixed random subset of that many training rows.
     ``penalty`` must be hashable (a module-level function or a requirement's method). Returns the
     masked, fine-tuned params."""
-    data = train_batch(dataset)
+    data = split_batch(dataset, "train")
     fixed = None
     if penalty is not None and penalty_rows is not None:
         subset = np.random.default_rng(seed).permutation(len(dataset.y_train))[:penalty_rows]

@@ -56,6 +56,10 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
     per lambda, method ``editor``; a progress bar over the lambdas with ``progress``)."""
     for lam in lambdas:
         check_lambda(lam)
+    target = requirement.check_target(target)
+    if not nets.population_size(params):
+        raise requirements.RequirementError("there are no networks to edit (the zoo's test split of networks is "
+                                            "empty: it needs at least 3 members)")
     x = jnp.asarray(dataset.x_test)
     before = _logits(spec, params, x)
     accuracy_before = test_accuracy(spec, params, dataset)
@@ -89,7 +93,7 @@ def evaluate_baselines(requirement: Requirement, spec: nets.Spec, params: nets.P
         baseline = table[name]
         default = target if baseline.default_strength is None else baseline.default_strength
         for strength in (strengths or {}).get(name, [default]):
-            result = baseline.run(spec, params, dataset, strength)
+            result = baseline.run(spec, params, dataset, strength, target=target)
             setting = f"{baseline.strength}={strength}" if baseline.strength else "-"
             rows.append({"method": name, "setting": setting,
                          **summarise(requirement, spec, result, dataset, target, accuracy_before)})

@@ -31,7 +31,7 @@ from metaedit.options import option
 from metaedit.requirements import Requirement
 from metaedit.training import Batch, TrainState
 
-EDITOR_FORMAT = "metaedit-editor/1"
+EDITOR_FORMAT = "metaedit-editor/2"  # /1: the editor of the first metanetwork, no longer read
 
 
 class EditorTrainingError(ValueError):
@@ -176,7 +176,7 @@ def train_editor(spec: nets.Spec, pool: nets.Params, dataset: Dataset, config: E
     nets.validate_params(spec, pool, batch_dims=1)
     requirement.check(spec, dataset)
     gmn_config = gmn.GMNConfig.for_specs([spec], hidden=config.hidden, layers=config.layers)
-    data = baselines.train_batch(dataset)
+    data = baselines.split_batch(dataset, "train")
     init, chunk = _chunk_program(spec, requirement, gmn_config, config, jax.tree.map(jnp.asarray, pool), data)
     record = {"format": EDITOR_FORMAT, "spec": nets.spec_to_dict(spec), "config": options.to_dict(config),
               "gmn": dataclasses.asdict(gmn_config), "dataset": dataset.source, **(identity or {})}
@@ -206,7 +206,11 @@ def load_editor(workdir: str | Path) -> tuple[gmn.Editor, dict]:
     """The editor saved by a finished :func:`train_editor` run, and its record."""
     step, record = checkpoint.read_record(workdir)
     if record.get("format") != EDITOR_FORMAT:
-        raise checkpoint.CheckpointError(f"{workdir} does not hold a metaedit editor")
+        found = record.get("format")
+        raise checkpoint.CheckpointError(
+            f"{workdir} holds an editor of format {found!r}, written by an earlier version; this version reads "
+            f"{EDITOR_FORMAT!r}: train it again" if str(found).startswith("metaedit-editor/") else
+            f"{workdir} does not hold a metaedit editor")
     if not record.get("complete"):
         raise EditorTrainingError(f"the editor in {workdir} is unfinished ({record.get('chunks_done')} chunks); "
                                   f"run the same train-editor command again to resume")

@@ -315,8 +315,11 @@ def save_params(path, spec: Spec, params: Params) -> None:
     """Writes one network to ``path`` (.npz): its leaves as ``layer/leaf`` arrays and its spec as JSON."""
     import json
 
+    from pathlib import Path
+
     validate_params(spec, params)
     arrays = {f"{name}/{leaf}": np.asarray(value) for name, layer in params.items() for leaf, value in layer.items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
         np.savez(handle, __spec__=np.array(json.dumps(spec_to_dict(spec))), **arrays)
 

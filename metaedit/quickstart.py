@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from certify import certificates, lid, store
 from certify.solver import LIDConfig
-from metaedit import compare, datasets, editor, gmn, nets, report, requirements, zoo
+from metaedit import baselines, compare, datasets, editor, gmn, nets, report, requirements, zoo
 from metaedit.datasets import Dataset
 from metaedit.options import option
 from metaedit.zoo.store import identity as zoo_identity
@@ -77,21 +77,13 @@ class Plan(NamedTuple):
     editor: editor.EditorTrainConfig
     cert_samples: int
     heldout_samples: int
-
-
-def _load(config: QuickstartConfig) -> Dataset:
-    if config.csv is not None:
-        if config.label is None:
-            raise QuickstartError("--csv needs --label (the target column)")
-        return datasets.load_csv(config.csv, label=config.label, sensitive=config.sensitive,
-                                 categorical=config.categorical)
-    if config.label is not None or config.categorical:
-        raise QuickstartError("--label and --categorical describe a --csv file; this run uses --dataset")
-    return datasets.load_dataset(config.dataset, **({"sensitive": config.sensitive} if config.sensitive else {}))
+    lid: LIDConfig
 
 
 def prepare(config: QuickstartConfig) -> Plan:
     """Loads the data and checks every setting; raises a named error, and writes nothing."""
+    if config.seed < 0:
+        raise QuickstartError(f"--seed must be >= 0, got {config.seed}")
     if config.members < MIN_MEMBERS:
         raise QuickstartError(f"--members must be at least {MIN_MEMBERS}: the editor trains on 70% of the "
                               f"networks, is validated on 15% and evaluated on the 15% held out; got {config.members}")
@@ -101,21 +93,19 @@ def prepare(config: QuickstartConfig) -> Plan:
         raise QuickstartError("--lambdas is empty: give at least one trade-off weight")
     if config.tau is not None and not 0 < config.tau <= 1:
         raise QuickstartError(f"--tau must lie in (0, 1], got {config.tau}")
-    dataset = _load(config)
+    dataset = datasets.load_named(config.dataset, config.csv, config.label, config.sensitive, config.categorical)
     spec = nets.parse_arch(config.arch, dataset.input_shape, dataset.num_classes)
     zoo.check_fits(spec, dataset)
     requirement = requirements.for_dataset(config.requirement, dataset)
     requirement.check(spec, dataset)
-    target = requirement.default_target() if config.target is None else float(config.target)
-    low, high = requirement.target_range
-    if not low <= target <= high:
-        raise QuickstartError(f"--target {target} is outside {config.requirement}'s range [{low}, {high}]")
+    target = requirement.default_target() if config.target is None else requirement.check_target(config.target)
     zoo_config = zoo.ZooConfig(members=config.members, epochs=config.epochs, seed=config.seed)
     editor_config = editor.EditorTrainConfig(requirement=config.requirement, steps=config.steps,
                                              chunk_steps=max(1, min(100, config.steps // 5)), seed=config.seed)
     cert, heldout = lid.default_sample_counts(len(dataset.y_test), config.cert_samples, config.heldout_samples)
     lid.certification_rows(len(dataset.y_test), cert, heldout, config.seed)  # raises if they do not fit
-    return Plan(config, dataset, spec, requirement, target, zoo_config, editor_config, cert, heldout)
+    lid_config = LIDConfig(steps=config.lid_steps, seed=config.seed)
+    return Plan(config, dataset, spec, requirement, target, zoo_config, editor_config, cert, heldout, lid_config)
 
 
 def _stage(message: str, log: Callable[[str], None]) -> float:
@@ -180,7 +170,7 @@ def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, 
     edited = jax.tree.map(np.asarray, gmn.edit(trained_editor, spec, network, cond))
     params_file = work / "edited.npz"
     nets.save_params(params_file, spec, edited)
-    value = plan.requirement.measure(spec, edited, requirements.test_batch(dataset))
+    value = plan.requirement.measure(spec, edited, baselines.split_batch(dataset, "test"))
     cert_rows, heldout_rows = lid.certification_rows(len(dataset.y_test), plan.cert_samples, plan.heldout_samples,
                                                      config.seed)
     tau = config.tau
@@ -188,10 +178,9 @@ def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, 
         point = certificates.point_certified_accuracy(spec, edited, dataset.x_test[cert_rows], dataset.y_test[cert_rows])
         tau = max(0.01, round(point - 0.02, 3))
     bar.update()
-    found = lid.for_network(spec, edited, dataset, tau, LIDConfig(steps=config.lid_steps, seed=config.seed),
-                            plan.cert_samples, plan.heldout_samples, config.seed)
+    found = lid.for_network(spec, edited, dataset, tau, plan.lid, plan.cert_samples, plan.heldout_samples, config.seed)
     store.save_lids(work / "lid", spec, edited, found.lids, dataset.source, found.cert_rows, found.heldout_rows,
-                    extra={"solve_seconds": found.seconds, "tau": tau})
+                    plan.lid.margin_tol, extra={"solve_seconds": found.seconds, "tau": tau})
     bar.update()
     checked = store.check(work / "lid", edited, spec)
     bar.update()

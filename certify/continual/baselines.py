@@ -359,7 +359,7 @@ def run(
         init_params = jax.vmap(lambda k: nets.init(spec, k))(keys[:, 0])
     else:
         nets.check_shapes(spec, init_params, batch_dims=1)
-        count = jax.tree.leaves(init_params)[0].shape[0]
+        count = nets.population_size(init_params)
         if count != len(seeds):
             raise ContinualError(f"init_params holds {count} networks for {len(seeds)} seeds")
         init_params = jax.tree.map(jnp.asarray, init_params)

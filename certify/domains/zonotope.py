@@ -59,7 +59,7 @@ class Zonotope(Domain):
     def contains(self, params: Params, rtol: float = 0.0) -> bool:
         """Checked through the witness of :func:`project_zonotope`: points on the boundary need a
         little slack, as the witness ``z`` is found numerically."""
-        result = project_zonotope(self, params)
+        result = _project_jit(self, params)
         if bool(result.inside):
             return True
         scale = float(jnp.abs(flat(self.center)).max() + jnp.abs(flat(self.radius)).max()
@@ -67,7 +67,7 @@ class Zonotope(Domain):
         return bool(result.distance <= rtol * scale)
 
     def project(self, params: Params) -> Params:
-        return project_zonotope(self, params).point
+        return _project_jit(self, params).point
 
     def scaled(self, point: Params, scale: float) -> "Zonotope":
         return Zonotope(jax.tree.map(lambda p, c: p + scale * (c - p), point, self.center),
@@ -169,6 +169,9 @@ def project_zonotope(zonotope: Zonotope, params: Params, iterations: int = 500) 
     inside = (jnp.abs(u) <= d).all()
     point = jnp.where(inside, p, c + d * e + g.T @ z)
     return ZonotopeProjection(unflat(point, params), z, inside, jnp.linalg.norm(point - p))
+
+
+_project_jit = jax.jit(project_zonotope, static_argnames="iterations")
 
 
 def zonotope_around(params: Params, rank: int, radius: Params | float = 0.0, generators: Params | None = None) -> Zonotope:

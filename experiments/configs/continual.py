@@ -4,4 +4,4 @@ from experiments import continual
 
 
 def get_config() -> continual.Config:
-    return continual.Config(out="results/continual")
+    return continual.Config()

@@ -36,13 +36,15 @@ def _lid_command(args: argparse.Namespace) -> int:
     spec, params, dataset = _network_and_data(args)
     n_test = len(dataset.y_test)
     cert, heldout = lid.default_sample_counts(n_test, args.cert_samples, args.heldout_samples)
-    chosen = [f"{cert} certification samples" + ("" if args.cert_samples else " (default: min(512, a third))"),
-              f"{heldout} held-out samples" + ("" if args.heldout_samples else " (default: min(2000, the rest))")]
+    chosen = [f"{cert} certification samples" + ("" if args.cert_samples is not None else
+                                                 " (default: min(512, a third))"),
+              f"{heldout} held-out samples" + ("" if args.heldout_samples is not None else
+                                               " (default: min(2000, the rest))")]
     print(f"{nets.describe(spec)} on {dataset.name}: solving a {config.domain} LID for certified accuracy >= "
           f"{args.tau} on {' and '.join(chosen)} of the {n_test} test rows ({config.steps} steps)", file=sys.stderr)
     found = lid.for_network(spec, params, dataset, args.tau, config, cert, heldout, config.seed)
     store.save_lids(args.out, spec, params, found.lids, dataset.source, found.cert_rows, found.heldout_rows,
-                    extra={"solve_seconds": found.seconds, "tau": args.tau})
+                    config.margin_tol, extra={"solve_seconds": found.seconds, "tau": args.tau})
     return _print_check(store.check(args.out), args.json)
 
 

@@ -59,16 +59,12 @@ def _edit_command(args: argparse.Namespace) -> int:
     if params_spec != spec:
         raise EditorError(f"{args.params} is a {nets.describe(params_spec)} network; the editor edits "
                           f"{nets.describe(spec)}")
-    target = requirement.default_target() if args.target is None else args.target
+    target = requirement.default_target() if args.target is None else requirement.check_target(args.target)
     cond = editor.condition(requirement, jnp.asarray(args.lambda_, jnp.float32), jnp.asarray(target, jnp.float32))
     edited = gmn.edit(trained_editor, spec, params, cond)
     nets.save_params(args.out, spec, {n: {k: np.asarray(v) for k, v in layer.items()} for n, layer in edited.items()})
     print(f"edited network written to {args.out}", file=sys.stderr)
     return 0
-
-
-def _lambdas(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v.strip())
 
 
 def register(commands) -> None:
@@ -86,7 +82,7 @@ def register(commands) -> None:
     parser = commands.add_parser("evaluate", help="evaluate an editor on a zoo's held-out networks")
     parser.add_argument("--editor", required=True, help="an editor directory written by 'metaedit train-editor'")
     parser.add_argument("--zoo", required=True, help="the zoo whose test networks are edited")
-    parser.add_argument("--lambdas", type=_lambdas, default=(0.0, 0.25, 0.5, 0.75, 1.0),
+    parser.add_argument("--lambdas", type=flags.comma_list(float), default=(0.0, 0.25, 0.5, 0.75, 1.0),
                         help="comma-separated trade-off weights (default: 0,0.25,0.5,0.75,1)")
     parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own: gap "
                                                       "0.05, sparsity 0.9, half the feature groups)")

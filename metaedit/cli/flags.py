@@ -22,16 +22,17 @@ def _plain_type(kind: Any) -> Any:
     return kind
 
 
-def show(value: Any) -> str:
-    """A default as the help text shows it."""
+def show(value: Any, comma: bool = False) -> str:
+    """A default as the help text shows it (tuples joined by spaces, or by commas with ``comma``)."""
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, tuple):
-        return " ".join(map(str, value)) if value else "none"
+        return (("," if comma else " ").join(map(str, value))) if value else "none"
     return "none" if value is None else str(value)
 
 
-def _comma_list(item_type):
+def comma_list(item_type):
+    """An argparse type: a comma-separated list of ``item_type`` values, as a tuple."""
     def parse(text: str) -> tuple:
         return tuple(item_type(part.strip()) for part in text.split(",") if part.strip())
     parse.__name__ = f"comma-separated {item_type.__name__} list"
@@ -59,9 +60,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, only: Iterable[st
         elif typing.get_origin(kind) is tuple:
             items = typing.get_args(kind)
             if len(items) == 2 and items[1] is Ellipsis:
-                options["type"] = _comma_list(items[0])
+                options["type"] = comma_list(items[0])
+                shown_list = (help_defaults or {}).get(field.name, ",".join(map(str, field.default)))
                 if not says_default and field.default:
-                    options["help"] = f"{text} (default: {','.join(map(str, field.default))})"
+                    options["help"] = f"{text} (default: {str(shown_list).replace('%', '%%')})"
                 options["metavar"] = field.metadata.get("metavar", "A,B,...")
             else:
                 options.update(type=items[0], nargs=len(items), metavar=field.metadata.get("metavar"))

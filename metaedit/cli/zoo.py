@@ -28,12 +28,8 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 def load_data(args: argparse.Namespace) -> datasets.Dataset:
     """The data set that ``--dataset`` or ``--csv`` names."""
-    if args.csv:
-        if not args.label:
-            raise datasets.DatasetError("--csv needs --label (the target column)")
-        categorical = [c for c in args.categorical.split(",") if c]
-        return datasets.load_csv(args.csv, label=args.label, sensitive=args.sensitive, categorical=categorical)
-    return datasets.load_dataset(args.dataset, **({"sensitive": args.sensitive} if args.sensitive else {}))
+    return datasets.load_named(args.dataset, args.csv, args.label, args.sensitive,
+                               [c for c in args.categorical.split(",") if c])
 
 
 def _zoo_command(args: argparse.Namespace) -> int:

@@ -8,13 +8,13 @@ range. Every split that the source does not fix is drawn, stratified by label, f
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from metaedit.datasets.base import Dataset, DatasetError
 from metaedit.datasets.images import load_digits, load_mnist1d, load_mnist5k
 from metaedit.datasets.tabular import load_adult, load_breast_cancer, load_csv, load_german
 
-__all__ = ["Dataset", "DatasetError", "LOADERS", "SHIPPED", "load_dataset", "load_source", "load_adult",
+__all__ = ["Dataset", "DatasetError", "LOADERS", "SHIPPED", "load_dataset", "load_named", "load_source", "load_adult",
            "load_german", "load_breast_cancer", "load_csv", "load_digits", "load_mnist5k", "load_mnist1d"]
 
 LOADERS: dict[str, Callable[..., Dataset]] = {
@@ -38,6 +38,21 @@ def load_dataset(name: str, **options) -> Dataset:
         if "unexpected keyword" in str(error):
             raise DatasetError(f"data set {name!r}: {error}") from None
         raise
+
+
+def load_named(dataset: str | None = None, csv: str | None = None, label: str | None = None,
+               sensitive: str | None = None, categorical: Sequence[str] = ()) -> Dataset:
+    """A shipped data set by name, or a user's CSV with its label, sensitive and categorical columns:
+    what the command line's ``--dataset`` / ``--csv --label --sensitive --categorical`` name."""
+    if csv is not None:
+        if label is None:
+            raise DatasetError("--csv needs --label (the target column)")
+        return load_csv(csv, label=label, sensitive=sensitive, categorical=categorical)
+    if label is not None or categorical:
+        raise DatasetError("--label and --categorical describe a --csv file; this run uses --dataset")
+    if dataset is None:
+        raise DatasetError("name the data: --dataset NAME, or --csv FILE --label COLUMN")
+    return load_dataset(dataset, **({"sensitive": sensitive} if sensitive else {}))
 
 
 def load_source(source: dict) -> Dataset:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from metaedit.datasets import Dataset
-from metaedit.requirements.base import Requirement, RequirementError, accuracy, jsd, straight_through, test_batch
+from metaedit.requirements.base import Requirement, RequirementError, accuracy, jsd, straight_through
 from metaedit.requirements.fairness import (DemographicParity, EqualisedOdds, Gap, demographic_parity_gap,
                                             equalised_odds_gap)
 from metaedit.requirements.minimisation import Minimisation, groups_read, soft_groups_read
@@ -45,5 +45,5 @@ def for_dataset(name: str, dataset: Dataset) -> Requirement:
 
 __all__ = ["Requirement", "RequirementError", "REQUIREMENTS", "NAMES", "FAIRNESS", "DEMOGRAPHIC_PARITY", "PRUNING",
            "get", "for_dataset", "Batch", "Gap", "EqualisedOdds", "DemographicParity", "Minimisation", "Pruning",
-           "accuracy", "jsd", "straight_through", "test_batch", "equalised_odds_gap", "demographic_parity_gap",
+           "accuracy", "jsd", "straight_through", "equalised_odds_gap", "demographic_parity_gap",
            "groups_read", "soft_groups_read", "soft_density", "sparsity"]

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaedit import nets
-from metaedit.baselines import Baseline, BaselineResult
+from metaedit.baselines import Baseline, BaselineResult, split_batch
 from metaedit.datasets import Dataset
 from metaedit.training import Batch
 
@@ -63,6 +63,13 @@ class Requirement(abc.ABC):
     def default_target(self) -> float:
         """The target a user gets without asking for one."""
 
+    def check_target(self, target: float) -> float:
+        """``target`` as a float; raises :class:`RequirementError` when it lies outside ``target_range``."""
+        low, high = self.target_range
+        if not (np.isfinite(target) and low <= target <= high):
+            raise RequirementError(f"target {target} is outside {self.name}'s range [{low}, {high}]")
+        return float(target)
+
     def complies(self, value: float, target: float) -> bool:
         return bool(value >= target) if self.higher_is_compliant else bool(value <= target)
 
@@ -75,16 +82,9 @@ class Requirement(abc.ABC):
 
     def measure_result(self, spec: nets.Spec, result: BaselineResult, dataset: Dataset) -> np.ndarray:
         """[P] the metric of every network a baseline (or the editor) produced, on the test split."""
-        return np.asarray([self.measure(spec, jax.tree.map(lambda leaf, i=i: leaf[i], result.params),
-                                        test_batch(dataset))
+        batch = split_batch(dataset, "test")
+        return np.asarray([self.measure(spec, jax.tree.map(lambda leaf, i=i: leaf[i], result.params), batch)
                            for i in range(nets.population_size(result.params))])
-
-
-def test_batch(dataset: Dataset) -> Batch:
-    """The test split as a device :class:`Batch` (zeros where there is no sensitive attribute)."""
-    y = jnp.asarray(dataset.y_test)
-    s = jnp.asarray(dataset.s_test) if dataset.s_test is not None else jnp.zeros_like(y)
-    return Batch(jnp.asarray(dataset.x_test), y, s)
 
 
 def jsd(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:

@@ -155,19 +155,19 @@ def _groups(dataset: Dataset) -> Groups:
     return tuple(tuple(g) for g in dataset.feature_groups)
 
 
-def group_norm(spec, params, dataset, keep, finetune_steps: int = 0) -> BaselineResult:
+def group_norm(spec, params, dataset, keep, target=None, finetune_steps: int = 0) -> BaselineResult:
     """Keep the ``keep`` groups of largest first-layer norm (then fine-tune under the mask, if asked)."""
     return baselines.masked(spec, params, dataset, lambda: group_masks(spec, params, _groups(dataset), int(keep)),
                             finetune_steps)
 
 
-def permutation(spec, params, dataset, keep, finetune_steps: int = 0) -> BaselineResult:
+def permutation(spec, params, dataset, keep, target=None, finetune_steps: int = 0) -> BaselineResult:
     """Keep the ``keep`` groups of largest permutation importance (then fine-tune, if asked)."""
     return baselines.masked(spec, params, dataset, lambda: permutation_masks(spec, params, dataset, int(keep)),
                             finetune_steps)
 
 
-def retrain_on_groups(spec, params, dataset, keep, steps: int = 1000) -> BaselineResult:
+def retrain_on_groups(spec, params, dataset, keep, target=None, steps: int = 1000) -> BaselineResult:
     """A fresh network per network, trained with only the ``keep`` groups its group norm ranks first."""
     def make():
         masks = group_masks(spec, params, _groups(dataset), int(keep))

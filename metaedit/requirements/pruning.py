@@ -83,7 +83,7 @@ def magnitude_masks(spec: nets.Spec, params: nets.Params, sparsity: float) -> ne
     return jax.vmap(one)(params)
 
 
-def magnitude(spec, params, dataset, sparsity, finetune_steps: int = 0) -> BaselineResult:
+def magnitude(spec, params, dataset, sparsity, target=None, finetune_steps: int = 0) -> BaselineResult:
     """Global magnitude pruning to ``sparsity`` (then fine-tuning under the mask, if asked)."""
     return baselines.masked(spec, params, dataset, lambda: magnitude_masks(spec, params, float(sparsity)),
                             finetune_steps)

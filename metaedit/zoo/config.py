@@ -48,6 +48,8 @@ class ZooConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ZooError(f"ZooConfig.{name} must be a positive integer, got {value!r}")
+        if self.seed < 0:
+            raise ZooError(f"ZooConfig.seed must be >= 0, got {self.seed}")
         if not self.epochs > 0:
             raise ZooError(f"ZooConfig.epochs must be > 0, got {self.epochs}")
         bounds = {
