@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from metaedit import gmn, nets, requirements
+from metaedit import calibrate, gmn, nets, requirements
 from metaedit.baselines import Baseline, BaselineResult, predict
 from metaedit.datasets import Dataset
 from metaedit.editor import check_lambda, condition
@@ -51,9 +51,14 @@ def test_accuracy(spec: nets.Spec, params: nets.Params, dataset: Dataset) -> np.
 
 
 def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
-                    dataset: Dataset, lambdas: Sequence[float], target: float, progress: bool = False) -> list[dict]:
+                    dataset: Dataset, lambdas: Sequence[float], target: float, progress: bool = False,
+                    calibrated: bool = True) -> list[dict]:
     """Hard edits of stacked held-out ``params`` at each lambda, measured on the test split (one row
-    per lambda, method ``editor``; a progress bar over the lambdas with ``progress``)."""
+    per lambda, method ``editor``; a progress bar over the lambdas with ``progress``), and with
+    ``calibrated`` one more row, ``lambda`` "auto": each network's least invasive edit that complies
+    on validation rows of the training split (:mod:`metaedit.calibrate`), with ``lambda_mean`` (the
+    mean lambda chosen), ``found_rate`` (networks where some lambda complied on the validation
+    rows) and ``agreement`` (networks whose test-split compliance agrees with the validation rows)."""
     for lam in lambdas:
         check_lambda(lam)
     target = requirement.check_target(target)
@@ -75,6 +80,16 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
         rows.append({"method": "editor", "setting": f"lambda={float(lam)}", "lambda": float(lam),
                      **summarise(requirement, spec, result, dataset, target, accuracy_before),
                      "jsd": float(jax.vmap(requirements.jsd)(before, after).mean())})
+    if calibrated:
+        chosen = calibrate.calibrate(editor, spec, requirement, params, target, calibrate.validation_rows(dataset))
+        after = _logits(spec, chosen.params, x)
+        result = BaselineResult(chosen.params, np.asarray(after.argmax(-1)), chosen.seconds_per_edit)
+        on_test = [requirement.complies(v, target) for v in requirement.measure_result(spec, result, dataset)]
+        rows.append({"method": "editor", "setting": "lambda=auto", "lambda": "auto",
+                     **summarise(requirement, spec, result, dataset, target, accuracy_before),
+                     "jsd": float(jax.vmap(requirements.jsd)(before, after).mean()),
+                     "lambda_mean": float(chosen.lam.mean()), "found_rate": float(chosen.found.mean()),
+                     "agreement": float(np.mean(np.asarray(on_test) == chosen.found))})
     return rows
 
 

@@ -28,6 +28,7 @@ import optax
 from metaedit import baselines, checkpoint, driver, gmn, nets, options, requirements, training
 from metaedit.datasets import Dataset
 from metaedit.options import option
+from metaedit.probe import probe_rows
 from metaedit.requirements import Requirement
 from metaedit.training import Batch, TrainState
 
@@ -48,7 +49,13 @@ class EditorTrainConfig:
     chunk_steps: int = option(100, "steps between checkpoints (and progress updates)")
     networks_per_step: int = option(8, "training networks edited per step")
     data_batch: int = option(256, "rows per step for the JSD (and the excess, unless the requirement is "
-                                  "measured on the whole training split)")
+                                  "measured on a fixed subset of the training split: the gaps)")
+    requirement_rows: int = option(8192, "training rows a gap requirement is measured on, stratified over the "
+                                         "(group, label) cells so that small cells are kept whole")
+    probe: int = option(256, "training rows whose forward pass gives the editor its data-aware node features "
+                             "(0: a weight-only editor)")
+    collapse_penalty: float = option(1.0, "weight of the penalty on an edit that takes more than half of a "
+                                          "class's predictions away (no edit may pass by predicting one class)")
     learning_rate: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(1e-4, "AdamW weight decay")
     clip_norm: float = option(1.0, "gradient clipping (global norm)")
@@ -56,22 +63,21 @@ class EditorTrainConfig:
                                                metavar=("LOW", "HIGH"))
     safety_margin: float | None = option(None, "train against a target this much stricter than the condition "
                                          "states (default: the requirement's own, 0.02 for the fairness gaps, else 0)")
-    endpoint_fraction: float = option(0.25, "share of each step's networks edited at the lowest lambda (the JSD's "
-                                            "gradient vanishes at the identity, so without them the editor learns "
-                                            "to keep a network whole only slowly)")
-    hidden: int = option(32, "the editor's width")
+    hidden: int = option(32, "the editor's node width")
+    edge_hidden: int = option(8, "the editor's edge width")
     layers: int = option(3, "message-passing rounds")
     seed: int = option(0, "seeds the editor's initialisation and the sampling of networks, rows and lambdas")
 
     def __post_init__(self):
-        for name in ("steps", "chunk_steps", "networks_per_step", "data_batch", "hidden", "layers"):
+        for name in ("steps", "chunk_steps", "networks_per_step", "data_batch", "requirement_rows", "hidden",
+                     "edge_hidden", "layers"):
             if getattr(self, name) < 1:
                 raise EditorTrainingError(f"EditorTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.probe < 0 or self.collapse_penalty < 0 or self.seed < 0:
+            raise EditorTrainingError("EditorTrainConfig.probe, collapse_penalty and seed must be >= 0")
         low, high = self.lambda_range
         if not 0.0 <= low <= high <= 1.0:
             raise EditorTrainingError(f"lambda_range must satisfy 0 <= low <= high <= 1, got {self.lambda_range}")
-        if not 0.0 <= self.endpoint_fraction <= 1.0:
-            raise EditorTrainingError(f"endpoint_fraction must lie in [0, 1], got {self.endpoint_fraction}")
         if self.safety_margin is not None and not (np.isfinite(self.safety_margin) and self.safety_margin >= 0):
             raise EditorTrainingError(f"safety_margin must be finite and >= 0, got {self.safety_margin}")
 
@@ -102,28 +108,42 @@ def check_lambda(lam) -> None:
         raise EditorTrainingError(f"lambda must lie in [0, 1], got {values.tolist() if values.ndim else float(values)}")
 
 
-def editing_loss(variables, gmn_config: gmn.GMNConfig, spec: nets.Spec, requirement: Requirement,
-                 params: nets.Params, batch: Batch, lam: jax.Array, target: jax.Array, margin: float = 0.0,
-                 requirement_batch: Batch | None = None):
-    """Mean ``lambda * excess + (1 - lambda) * JSD`` over stacked params [N, ...]; returns (loss, metrics).
+def collapse(before: jax.Array, after: jax.Array) -> jax.Array:
+    """How far an edit goes towards predicting fewer classes: ``sum_c relu(share_c / 2 - share'_c)``
+    with ``share_c`` the mean predicted probability of class c before the edit (logits [n, C]).
+    (Hard shares with a straight-through gradient were tried: once a network collapsed, their
+    gradient could not bring it back, and training stuck in collapse.)"""
+    share_before = jax.nn.softmax(before).mean(0)
+    share_after = jax.nn.softmax(after).mean(0)
+    return jax.nn.relu(share_before / 2 - share_after).sum()
 
-    The editor is conditioned on ``target`` [N]; the excess is measured on ``requirement_batch``
-    (default: ``batch``, on which the JSD is measured) against ``target`` made stricter by ``margin``."""
-    editor = gmn.Editor(gmn_config, variables)
+
+def editing_loss(variables, probe: Batch | None, gmn_config: gmn.GMNConfig, spec: nets.Spec,
+                 requirement: Requirement, params: nets.Params, batch: Batch, lam: jax.Array, target: jax.Array,
+                 margin: float = 0.0, requirement_batch: Batch | None = None, collapse_penalty: float = 0.0):
+    """Mean ``lambda * excess + (1 - lambda) * JSD + collapse_penalty * collapse`` over stacked
+    params [N, ...]; returns (loss, metrics).
+
+    The editor (``variables``, reading node features on ``probe``) is conditioned on ``target`` [N];
+    the excess is measured on ``requirement_batch`` (default: ``batch``, on which the JSD and the
+    collapse are measured) against ``target`` made stricter by ``margin``."""
+    editor = gmn.Editor(gmn_config, variables, probe)
     conditions = condition(requirement, lam, target)
     target = target + margin if requirement.higher_is_compliant else target - margin
 
     def one(p, c, l, t):
         edited = gmn.edit_one(editor, spec, p, c, hard=False)
         excess = requirement.excess(spec, edited, batch if requirement_batch is None else requirement_batch, t)
-        divergence = requirements.jsd(nets.apply(spec, p, batch.x), nets.apply(spec, edited, batch.x))
-        return l * excess + (1 - l) * divergence, excess, divergence
+        before, after = nets.apply(spec, p, batch.x), nets.apply(spec, edited, batch.x)
+        divergence, collapsing = requirements.jsd(before, after), collapse(before, after)
+        return l * excess + (1 - l) * divergence + collapse_penalty * collapsing, excess, divergence, collapsing
 
-    losses, excess, divergence = jax.vmap(one)(params, conditions, lam, target)
-    return losses.mean(), {"loss": losses.mean(), "excess": excess.mean(), "jsd": divergence.mean()}
+    losses, excess, divergence, collapsing = jax.vmap(one)(params, conditions, lam, target)
+    return losses.mean(), {"loss": losses.mean(), "excess": excess.mean(), "jsd": divergence.mean(),
+                           "collapse": collapsing.mean()}
 
 
-_loss_terms = jax.jit(editing_loss, static_argnums=(1, 2, 3, 8))
+_loss_terms = jax.jit(editing_loss, static_argnums=(2, 3, 4, 9))
 
 
 def evaluation_loss(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
@@ -131,35 +151,41 @@ def evaluation_loss(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
     """The training loss's terms for stacked ``params`` at one (lambda, target), with straight-through masks."""
     check_lambda(lam)
     n = nets.population_size(params)
-    _, metrics = _loss_terms(editor.variables, editor.config, spec, requirement, params, batch,
+    _, metrics = _loss_terms(editor.variables, editor.probe, editor.config, spec, requirement, params, batch,
                              jnp.full((n,), lam, jnp.float32), jnp.full((n,), target, jnp.float32), 0.0)
     return {k: float(v) for k, v in metrics.items()}
 
 
-def _chunk_program(spec, requirement, gmn_config, config: EditorTrainConfig, pool, data: Batch):
+def _chunk_program(spec, requirement, gmn_config, config: EditorTrainConfig, pool, data: Batch, probe: Batch | None,
+                   measured: Batch | None):
     """``(init, chunk)``: the editor's starting state and one jitted chunk of training steps."""
     tx = optimizer(config)
     low, high = requirement.target_range
     lam_low, lam_high = config.lambda_range
     pool_size = nets.population_size(pool)
-    whole = data if requirement.whole_split else None
     margin = config.margin(requirement)
     base = jax.random.key(config.seed)
     step = training.make_step(tx, lambda variables, b: editing_loss(
-        variables, gmn_config, spec, requirement, b[0], b[1], b[2], b[3], margin, whole), has_aux=True)
+        variables, probe, gmn_config, spec, requirement, b[0], b[1], b[2], b[3], margin, measured,
+        config.collapse_penalty), has_aux=True)
 
     def body(state: TrainState, _):
-        k_nets, k_rows, k_lam, k_target, k_end = jax.random.split(jax.random.fold_in(base, state.step), 5)
+        k_nets, k_rows, k_lam, k_target = jax.random.split(jax.random.fold_in(base, state.step), 4)
         picked = jax.tree.map(lambda leaf: leaf[jax.random.randint(k_nets, (config.networks_per_step,), 0,
                                                                    pool_size)], pool)
         rows = jax.random.randint(k_rows, (config.data_batch,), 0, data.y.shape[0])
         lam = jax.random.uniform(k_lam, (config.networks_per_step,), minval=lam_low, maxval=lam_high)
-        lam = jnp.where(jax.random.uniform(k_end, lam.shape) < config.endpoint_fraction, lam_low, lam)
         target = jax.random.uniform(k_target, (config.networks_per_step,), minval=low, maxval=high)
         return step(state, (picked, jax.tree.map(lambda a: a[rows], data), lam, target))
 
     chunk = jax.jit(lambda state: jax.lax.scan(body, state, None, length=config.chunk_steps))
     return (lambda variables: training.init_state(variables, tx)), chunk
+
+
+def _rows_batch(dataset: Dataset, size: int, seed: int) -> Batch:
+    """``size`` training rows stratified over the (group, label) cells, as a device :class:`Batch`."""
+    rows = probe_rows(dataset.y_train, dataset.s_train, size, seed)
+    return jax.tree.map(lambda a: a[rows], baselines.split_batch(dataset, "train"))
 
 
 def train_editor(spec: nets.Spec, pool: nets.Params, dataset: Dataset, config: EditorTrainConfig,
@@ -175,35 +201,41 @@ def train_editor(spec: nets.Spec, pool: nets.Params, dataset: Dataset, config: E
     requirement = requirements.for_dataset(config.requirement, dataset)
     nets.validate_params(spec, pool, batch_dims=1)
     requirement.check(spec, dataset)
-    gmn_config = gmn.GMNConfig.for_specs([spec], hidden=config.hidden, layers=config.layers)
+    gmn_config = gmn.GMNConfig.for_specs([spec], hidden=config.hidden, edge_hidden=config.edge_hidden,
+                                         layers=config.layers, probe_features=config.probe > 0,
+                                         num_groups=dataset.num_groups, masks=requirement.removes)
     data = baselines.split_batch(dataset, "train")
-    init, chunk = _chunk_program(spec, requirement, gmn_config, config, jax.tree.map(jnp.asarray, pool), data)
+    probe = _rows_batch(dataset, config.probe, config.seed) if config.probe else None
+    measured = _rows_batch(dataset, config.requirement_rows, config.seed) if requirement.whole_split else None
+    init, chunk = _chunk_program(spec, requirement, gmn_config, config, jax.tree.map(jnp.asarray, pool), data, probe,
+                                 measured)
     record = {"format": EDITOR_FORMAT, "spec": nets.spec_to_dict(spec), "config": options.to_dict(config),
               "gmn": dataclasses.asdict(gmn_config), "dataset": dataset.source, **(identity or {})}
-    state, start = init(gmn.init_editor(gmn_config, jax.random.key(config.seed)).variables), 0
+    state, start = init(gmn.init_editor(gmn_config, jax.random.key(config.seed), probe).variables), 0
     resume = driver.resume_point(workdir, record)
     if resume is not None:
         start = resume[0]
-        state, _ = checkpoint.restore(workdir, state, step=start)
+        state = checkpoint.restore(workdir, {"train": state, "probe": probe}, step=start)[0]["train"]
     advance = chunk
     if validation is not None:
-        probe = jax.tree.map(lambda a: a[: config.data_batch], data)
+        rows = jax.tree.map(lambda a: a[: config.data_batch], data)
         target = requirement.default_target()
 
         def advance(state):
             state, metrics = chunk(state)
-            terms = evaluation_loss(gmn.Editor(gmn_config, state.params), spec, requirement, validation, probe, 0.5,
-                                    target)
+            terms = evaluation_loss(gmn.Editor(gmn_config, state.params, probe), spec, requirement, validation, rows,
+                                    0.5, target)
             return state, {**metrics, **{f"val_{k}": v for k, v in terms.items()}}
 
     state, finished = driver.run_chunks(advance, state, chunks=config.num_chunks, chunk_steps=config.chunk_steps,
                                         start=start, desc=f"editor {config.requirement}", progress=progress,
-                                        workdir=workdir, record=record, stop_after_chunks=stop_after_chunks)
-    return gmn.Editor(gmn_config, state.params) if finished else None
+                                        workdir=workdir, record=record, stop_after_chunks=stop_after_chunks,
+                                        save_tree=lambda s: {"train": s, "probe": probe})
+    return gmn.Editor(gmn_config, state.params, probe) if finished else None
 
 
 def load_editor(workdir: str | Path) -> tuple[gmn.Editor, dict]:
-    """The editor saved by a finished :func:`train_editor` run, and its record."""
+    """The editor saved by a finished :func:`train_editor` run (its probe batch included), and its record."""
     step, record = checkpoint.read_record(workdir)
     if record.get("format") != EDITOR_FORMAT:
         found = record.get("format")
@@ -216,10 +248,15 @@ def load_editor(workdir: str | Path) -> tuple[gmn.Editor, dict]:
                                   f"run the same train-editor command again to resume")
     gmn_config = gmn.GMNConfig(**record["gmn"])
     config = options.from_dict(EditorTrainConfig, record["config"])
-    variables = jax.eval_shape(lambda: gmn.init_editor(gmn_config, jax.random.key(0)).variables)
-    abstract = jax.eval_shape(lambda v: training.init_state(v, optimizer(config)), variables)
-    state, record = checkpoint.restore(workdir, abstract, step=step)
-    return gmn.Editor(gmn_config, state.params), record
+    spec = nets.spec_from_dict(record["spec"])
+    variables = jax.eval_shape(lambda: gmn.init_variables(gmn_config, jax.random.key(0)))
+    probe = None
+    if config.probe:
+        probe = Batch(jax.ShapeDtypeStruct((config.probe,) + tuple(spec.input_shape), jnp.float32),
+                      jax.ShapeDtypeStruct((config.probe,), jnp.int32), jax.ShapeDtypeStruct((config.probe,), jnp.int32))
+    abstract = {"train": jax.eval_shape(lambda v: training.init_state(v, optimizer(config)), variables), "probe": probe}
+    tree, record = checkpoint.restore(workdir, abstract, step=step)
+    return gmn.Editor(gmn_config, tree["train"].params, tree["probe"]), record
 
 
 def trained_requirement(record: dict, dataset: Dataset) -> Requirement:

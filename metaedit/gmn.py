@@ -1,12 +1,13 @@
 """The graph metanetwork editor: message passing over a network's graph, emitting an edit.
 
-Architecture (flax over ``jraph.GraphNetwork``): node embeddings from the neuron's identity code
-(:mod:`metaedit.graphs`) and bias; edge embeddings from the weight vector and the layer; a global
-embedding of the **conditioning vector** (the trade-off weight lambda, the requirement's target, ...).
-Each of ``layers`` rounds updates edges from (edge, sender, receiver, global), nodes from (node,
-mean of outgoing edges, mean of incoming edges, global) and the global from the means of both, with
-residual connections and layer norm. Mean aggregation and shared hidden-neuron codes make the edit
-equivariant to permutations of hidden neurons (conv channels).
+Architecture (flax over a ``jraph.GraphsTuple``): node embeddings from the neuron's identity code
+(:mod:`metaedit.graphs`), its bias and, for a data-aware editor, statistics of one forward pass on a
+probe batch (:mod:`metaedit.probe`); edge embeddings from the weight vector and the layer; a global
+embedding of the **conditioning vector** (the trade-off weight lambda, the requirement's target).
+Each of ``layers`` rounds updates edges (factorised: sender and receiver projections computed once
+per node, then gathered), nodes from the means of their outgoing and incoming edges, and the
+global, with residual connections and layer norm. Mean aggregation, shared hidden-neuron codes and
+per-neuron statistics make the edit equivariant to permutations of hidden neurons (conv channels).
 
 Heads (:class:`Edit`): per edge a weight residual ``[edge_dim]`` and a keep-logit; per node a bias
 residual and a keep-logit; one learned output scale ``s`` (initialised near 0). :func:`apply_edit`
@@ -29,6 +30,8 @@ import jax.numpy as jnp
 import jraph
 
 from metaedit import graphs, nets
+from metaedit.probe import NUM_FEATURES, node_features
+from metaedit.training import Batch
 
 
 class EditorError(ValueError):
@@ -41,7 +44,15 @@ class GMNConfig:
 
     max_inputs / max_outputs: the most input / output neurons (each has its own code);
     max_depth: the most parameter layers; edge_dim: the widest edge feature (conv taps).
-    init_scale: the output scale ``s`` at initialisation; keep_bias: the initial keep-logit.
+    hidden: node and global width; edge_hidden: edge width (edges outnumber nodes 25 to 1 in an
+    Adult MLP, so they are kept narrow); probe_features: read the data-aware node statistics of
+    :mod:`metaedit.probe` (False: the weight-only editor); num_groups: groups of the sensitive
+    attribute in the probe batch (0: none). init_scale: the output scale ``s`` at initialisation;
+    keep_bias: the initial keep-logit; head_init: the heads' initial kernels are this fraction of the
+    usual (fan-in) scale, so that every mask starts kept. masks: whether the edit may remove weights
+    and neurons (False: residuals only, every mask kept); bilinear: the rank of the weight
+    residual's bilinear term ``sum_k u_ik v_jk`` over its sender's and receiver's embeddings (a
+    change of a whole row shaped by its receivers, e.g. one input's outgoing weights).
     """
 
     max_inputs: int
@@ -53,6 +64,12 @@ class GMNConfig:
     condition_dim: int = 2
     init_scale: float = 1e-3
     keep_bias: float = 4.0
+    edge_hidden: int = 8
+    probe_features: bool = False
+    num_groups: int = 0
+    head_init: float = 0.1
+    masks: bool = True
+    bilinear: int = 4
 
     @classmethod
     def for_specs(cls, specs: Sequence[nets.Spec], **options) -> "GMNConfig":
@@ -116,72 +133,225 @@ class _MLP(nn.Module):
         return nn.Dense(self.width)(nn.gelu(nn.Dense(self.width)(x)))
 
 
+def _segment_mean(values: jax.Array, segments: jax.Array, count: int) -> jax.Array:
+    total = jax.ops.segment_sum(values, segments, count)
+    size = jax.ops.segment_sum(jnp.ones(values.shape[:1], values.dtype), segments, count)
+    return total / jnp.maximum(size, 1.0)[:, None]
+
+
+class _Flat:
+    """Edges as one [E, d] array, reached by gathers and segment means: any (padded) batch of graphs."""
+
+    def __init__(self, graph: jraph.GraphsTuple, n_graph: int):
+        self.senders, self.receivers = graph.senders, graph.receivers
+        self.n_nodes, self.n_graph = graph.nodes["bias"].shape[0], n_graph
+        n_edges = graph.edges["weight"].shape[0]
+        self.node_graph = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=self.n_nodes)
+        self.edge_graph = jnp.repeat(jnp.arange(n_graph), graph.n_edge, total_repeat_length=n_edges)
+        self.layer = graph.edges["layer"]
+
+    def blocks(self, edge_values: jax.Array) -> list[jax.Array]:
+        return [edge_values]
+
+    def layer_ids(self) -> list[jax.Array]:
+        return [self.layer]
+
+    def senders_of(self, node_values: jax.Array) -> list[jax.Array]:
+        return [node_values[self.senders]]
+
+    def receivers_of(self, node_values: jax.Array) -> list[jax.Array]:
+        return [node_values[self.receivers]]
+
+    def bilinear(self, u: jax.Array, v: jax.Array) -> list[jax.Array]:
+        """[E, 1] per edge: ``u[sender] . v[receiver]``."""
+        return [(u[self.senders] * v[self.receivers]).sum(-1, keepdims=True)]
+
+    def graphs_of_edges(self, graph_values: jax.Array) -> list[jax.Array]:
+        return [graph_values[self.edge_graph]]
+
+    def graphs_of_nodes(self, graph_values: jax.Array) -> jax.Array:
+        return graph_values[self.node_graph]
+
+    def outgoing_mean(self, edges: list[jax.Array]) -> jax.Array:
+        return _segment_mean(edges[0], self.senders, self.n_nodes)
+
+    def incoming_mean(self, edges: list[jax.Array]) -> jax.Array:
+        return _segment_mean(edges[0], self.receivers, self.n_nodes)
+
+    def pool_nodes(self, nodes: jax.Array) -> jax.Array:
+        return _segment_mean(nodes, self.node_graph, self.n_graph)
+
+    def pool_edges(self, edges: list[jax.Array]) -> jax.Array:
+        return _segment_mean(edges[0], self.edge_graph, self.n_graph)
+
+    def flatten(self, edges: list[jax.Array]) -> jax.Array:
+        return edges[0]
+
+
+class _Blocks:
+    """One graph of a known architecture, its edges as dense per-layer blocks [fan_in, fan_out, d]:
+    "from the sender" is a broadcast and "mean over outgoing edges" a reduction (no gathers)."""
+
+    def __init__(self, topo: graphs.Topology):
+        self.nodes = [(0, topo.node_slices[0][0])] + list(topo.node_slices)  # node range of each position
+        self.shapes = [(b - a, d - c) for (a, b), (c, d) in zip(self.nodes[:-1], self.nodes[1:])]
+        self.edge_slices, self.n_edges = topo.edge_slices, topo.num_edges
+
+    def blocks(self, edge_values: jax.Array) -> list[jax.Array]:
+        return [edge_values[a:b].reshape(shape + edge_values.shape[1:]) for (a, b), shape in
+                zip(self.edge_slices, self.shapes)]
+
+    def layer_ids(self) -> list[jax.Array]:
+        return [jnp.full(shape, layer, jnp.int32) for layer, shape in enumerate(self.shapes)]
+
+    def senders_of(self, node_values: jax.Array) -> list[jax.Array]:
+        return [node_values[a:b][:, None, :] for a, b in self.nodes[:-1]]
+
+    def receivers_of(self, node_values: jax.Array) -> list[jax.Array]:
+        return [node_values[a:b][None, :, :] for a, b in self.nodes[1:]]
+
+    def bilinear(self, u: jax.Array, v: jax.Array) -> list[jax.Array]:
+        """[fan_in, fan_out, 1] per layer: ``u[sender] . v[receiver]`` (one matmul per layer)."""
+        return [(u[a:b] @ v[c:d].T)[..., None] for (a, b), (c, d) in zip(self.nodes[:-1], self.nodes[1:])]
+
+    def graphs_of_edges(self, graph_values: jax.Array) -> list[jax.Array]:
+        return [graph_values[0]] * len(self.shapes)
+
+    def graphs_of_nodes(self, graph_values: jax.Array) -> jax.Array:
+        return graph_values[0]
+
+    def outgoing_mean(self, edges: list[jax.Array]) -> jax.Array:
+        last = self.nodes[-1]
+        return jnp.concatenate([e.mean(1) for e in edges] + [jnp.zeros((last[1] - last[0], edges[0].shape[-1]),
+                                                                       edges[0].dtype)])
+
+    def incoming_mean(self, edges: list[jax.Array]) -> jax.Array:
+        first = self.nodes[0]
+        return jnp.concatenate([jnp.zeros((first[1] - first[0], edges[0].shape[-1]), edges[0].dtype)]
+                               + [e.mean(0) for e in edges])
+
+    def pool_nodes(self, nodes: jax.Array) -> jax.Array:
+        return nodes.mean(0, keepdims=True)
+
+    def pool_edges(self, edges: list[jax.Array]) -> jax.Array:
+        return (sum(e.sum((0, 1)) for e in edges) / self.n_edges)[None]
+
+    def flatten(self, edges: list[jax.Array]) -> jax.Array:
+        return jnp.concatenate([e.reshape(-1, e.shape[-1]) for e in edges])
+
+
 class GMN(nn.Module):
     """The graph metanetwork. Call on one ``GraphsTuple`` (from :mod:`metaedit.graphs`, single or
-    padded batch) and a condition [n_graph, condition_dim]; returns an :class:`Edit`."""
+    padded batch), a condition [n_graph, condition_dim] and, for a data-aware editor, the probe
+    statistics of every node [N, NUM_FEATURES]; returns an :class:`Edit`. With ``topology`` (one
+    graph of that architecture) the edges are laid out as dense per-layer blocks; without, as one
+    array reached by gathers (any padded batch). Both compute the same function.
+
+    Each round updates every edge from its own features, projections of its sender and receiver
+    computed once per node and gathered (factorised: no per-edge matrix over node widths), the
+    sender's projection gated by the edge's weight (a message that flows as the network's own
+    signal does) and the global; then every node from the means of its outgoing and incoming
+    edges and the global; then the global. Residual connections and layer norm throughout.
+    """
 
     config: GMNConfig
+    topology: graphs.Topology | None = None
 
     @nn.compact
-    def __call__(self, graph: jraph.GraphsTuple, condition: jax.Array) -> Edit:
+    def __call__(self, graph: jraph.GraphsTuple, condition: jax.Array, node_stats: jax.Array | None = None) -> Edit:
         c = self.config
-        h = c.hidden
-        codes = node_codes(c, graph.nodes["kind"], graph.nodes["index"])
-        nodes = nn.Embed(c.vocabulary, h, name="node_code")(codes) + nn.Dense(h, name="node_in")(graph.nodes["bias"])
-        edges = nn.Dense(h, name="edge_in")(graph.edges["weight"]) + nn.Embed(
-            c.max_depth, h, name="edge_layer")(graph.edges["layer"])
+        h, he = c.hidden, c.edge_hidden
+        layout = _Flat(graph, condition.shape[0]) if self.topology is None else _Blocks(self.topology)
+        node_in = graph.nodes["bias"] if not c.probe_features else jnp.concatenate([graph.nodes["bias"], node_stats], -1)
+        nodes = nn.Embed(c.vocabulary, h, name="node_code")(node_codes(c, graph.nodes["kind"], graph.nodes["index"]))
+        nodes = nodes + nn.Dense(h, name="node_in")(node_in)
+        weight = layout.blocks(graph.edges["weight"])
+        edge_in, edge_layer = nn.Dense(he, name="edge_in"), nn.Embed(c.max_depth, he, name="edge_layer")
+        edges = [edge_in(w) + edge_layer(ids) for w, ids in zip(weight, layout.layer_ids())]
+        edge_signal = nn.Dense(1, use_bias=False, name="edge_signal")
+        signal = [edge_signal(w) for w in weight]  # the weight as a gate
         globals_ = nn.Dense(h, name="condition_in")(condition)
         for i in range(c.layers):
-            edge_mlp, node_mlp, global_mlp = _MLP(h, name=f"edge_{i}"), _MLP(h, name=f"node_{i}"), _MLP(h, name=f"global_{i}")
-            network = jraph.GraphNetwork(
-                update_edge_fn=lambda e, s, r, g: edge_mlp(jnp.concatenate([e, s, r, g], -1)),
-                update_node_fn=lambda n, out, inc, g: node_mlp(jnp.concatenate([n, out, inc, g], -1)),
-                update_global_fn=lambda n, e, g: global_mlp(jnp.concatenate([n, e, g], -1)),
-                aggregate_edges_for_nodes_fn=jraph.segment_mean,
-                aggregate_nodes_for_globals_fn=jraph.segment_mean,
-                aggregate_edges_for_globals_fn=jraph.segment_mean,
-            )
-            updated = network(graph._replace(nodes=nodes, edges=edges, globals=globals_))
-            nodes = nn.LayerNorm(name=f"node_norm_{i}")(nodes + updated.nodes)
-            edges = nn.LayerNorm(name=f"edge_norm_{i}")(edges + updated.edges)
-            globals_ = nn.LayerNorm(name=f"global_norm_{i}")(globals_ + updated.globals)
+            projected = nn.Dense(3 * he, name=f"node_to_edge_{i}")(nodes)
+            edge_dense, edge_norm = nn.Dense(he, name=f"edge_{i}"), nn.LayerNorm(name=f"edge_norm_{i}")
+            from_global = layout.graphs_of_edges(nn.Dense(he, name=f"global_to_edge_{i}")(globals_))
+            edges = [edge_norm(e + nn.gelu(edge_dense(e) + s[..., :he] + r[..., he:2 * he] + gate * s[..., 2 * he:] + g))
+                     for e, s, r, gate, g in zip(edges, layout.senders_of(projected), layout.receivers_of(projected),
+                                                 signal, from_global)]
+            update = _MLP(h, name=f"node_{i}")(jnp.concatenate(
+                [nodes, layout.outgoing_mean(edges), layout.incoming_mean(edges),
+                 jnp.broadcast_to(layout.graphs_of_nodes(globals_), nodes.shape)], -1))
+            nodes = nn.LayerNorm(name=f"node_norm_{i}")(nodes + update)
+            pooled = [layout.pool_nodes(nodes), layout.pool_edges(edges)]
+            update = _MLP(h, name=f"global_{i}")(jnp.concatenate([globals_] + pooled, -1))
+            globals_ = nn.LayerNorm(name=f"global_norm_{i}")(globals_ + update)
         # FiLM: the condition also scales and shifts the features the heads read, a direct path
         # from lambda and the target to every edit (through the globals alone it was learnt slowly)
-        film = nn.Dense(4 * h, kernel_init=nn.initializers.zeros, name="condition_film")(condition)
-        per_edge = jnp.repeat(film[:, : 2 * h], graph.n_edge, axis=0, total_repeat_length=edges.shape[0])
-        per_node = jnp.repeat(film[:, 2 * h:], graph.n_node, axis=0, total_repeat_length=nodes.shape[0])
-        edges = edges * (1 + per_edge[:, :h]) + per_edge[:, h:]
-        nodes = nodes * (1 + per_node[:, :h]) + per_node[:, h:]
-        edge_out = nn.Dense(c.edge_dim + 1, name="edge_head")(edges)
-        node_out = nn.Dense(2, name="node_head")(nodes)
+        film = nn.Dense(2 * he + 2 * h, kernel_init=nn.initializers.zeros, name="condition_film")(condition)
+        edges = [e * (1 + f[..., :he]) + f[..., he:2 * he] for e, f in zip(edges, layout.graphs_of_edges(film))]
+        node_film = layout.graphs_of_nodes(film)
+        nodes = nodes * (1 + node_film[..., 2 * he:2 * he + h]) + node_film[..., 2 * he + h:]
+        head_init = nn.initializers.variance_scaling(c.head_init ** 2, "fan_in", "truncated_normal")
+        ends = nn.Dense(2 * (c.edge_dim + 1), kernel_init=head_init, name="node_to_edge_head")(nodes)
+        edge_head = nn.Dense(c.edge_dim + 1, kernel_init=head_init, name="edge_head")
+        parts = [edge_head(e) + s[..., :c.edge_dim + 1] + r[..., c.edge_dim + 1:] for e, s, r in
+                 zip(edges, layout.senders_of(ends), layout.receivers_of(ends))]
+        if c.bilinear:
+            factors = nn.Dense(2 * c.bilinear, kernel_init=head_init, name="bilinear_head")(nodes)
+            rows = layout.bilinear(factors[:, :c.bilinear], factors[:, c.bilinear:])
+            parts = [p + jnp.pad(b, [(0, 0)] * (b.ndim - 1) + [(0, c.edge_dim)]) for p, b in zip(parts, rows)]
+        edge_out = layout.flatten(parts)
+        node_out = nn.Dense(2, kernel_init=head_init, name="node_head")(nodes)
         scale = self.param("output_scale", nn.initializers.constant(c.init_scale), ())
+        # the edit grows with lambda (condition[:, 0]) from exactly the identity at lambda = 0
+        strength = condition[:, 0]
+        edge_strength = layout.flatten([jnp.broadcast_to(g[..., None], e.shape[:-1] + (1,)) for e, g in
+                                        zip(edges, layout.graphs_of_edges(strength))])
+        node_strength = jnp.broadcast_to(layout.graphs_of_nodes(strength), nodes.shape[:1])[:, None]
+        edge_out, node_out = edge_strength * edge_out, node_strength * node_out
+        edge_logit, node_logit = edge_out[..., c.edge_dim] + c.keep_bias, node_out[..., 1] + c.keep_bias
+        if not c.masks:  # residuals only: every weight and neuron kept
+            edge_logit, node_logit = jnp.ones_like(edge_logit), jnp.ones_like(node_logit)
         return Edit(
             weight_delta=edge_out[..., : c.edge_dim],
-            edge_logit=edge_out[..., c.edge_dim] + c.keep_bias,
+            edge_logit=edge_logit,
             bias_delta=node_out[..., 0],
-            node_logit=node_out[..., 1] + c.keep_bias,
+            node_logit=node_logit,
             scale=scale,
         )
 
 
 @flax.struct.dataclass
 class Editor:
-    """A graph metanetwork's config (static) and its variables (a pytree)."""
+    """A graph metanetwork's config (static), its variables, and for a data-aware editor the probe
+    batch its node statistics are computed on (a :class:`metaedit.training.Batch`, else None)."""
 
     config: GMNConfig = flax.struct.field(pytree_node=False)
     variables: Any
+    probe: Batch | None = None
 
 
-def init_editor(config: GMNConfig, key: jax.Array) -> Editor:
+def init_editor(config: GMNConfig, key: jax.Array, probe: Batch | None = None) -> Editor:
     """A freshly initialised editor (almost the identity edit: ``s = config.init_scale``)."""
-    return Editor(config=config, variables=_init_variables(config, key))
+    if config.probe_features and probe is None:
+        raise EditorError("a data-aware editor (probe_features) needs a probe batch")
+    return Editor(config=config, variables=init_variables(config, key), probe=probe)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _init_variables(config: GMNConfig, key: jax.Array):
+def init_variables(config: GMNConfig, key: jax.Array):
+    """The metanetwork's freshly initialised variables (a pytree)."""
     spec = nets.MLPSpec((config.max_inputs,), (2,) * (config.max_depth - 1), config.max_outputs)
     graph = graphs.params_to_graph(spec, nets.init(spec, jax.random.key(0)), config.edge_dim)
-    return GMN(config).init(key, graph, jnp.zeros((1, config.condition_dim)))
+    stats = jnp.zeros((graphs.topology(spec).num_nodes, NUM_FEATURES))
+    return GMN(config).init(key, graph, jnp.zeros((1, config.condition_dim)), stats)
+
+
+def node_stats(editor: Editor, spec: nets.Spec, params: nets.Params) -> jax.Array | None:
+    """The probe statistics [N, NUM_FEATURES] of one network (None for a weight-only editor)."""
+    if not editor.config.probe_features:
+        return None
+    return node_features(spec, params, editor.probe, editor.config.num_groups)
 
 
 def keep_mask(logits: jax.Array, hard: bool) -> jax.Array:
@@ -216,7 +386,8 @@ def apply_edit(spec: nets.Spec, params: nets.Params, edit: Edit, hard: bool = Tr
 def predict_edit(editor: Editor, spec: nets.Spec, params: nets.Params, condition: jax.Array) -> Edit:
     """The editor's raw output for one network and condition [condition_dim] (jitted)."""
     graph = graphs.params_to_graph(spec, params, editor.config.edge_dim)
-    return GMN(editor.config).apply(editor.variables, graph, condition[None])
+    return GMN(editor.config, graphs.topology(spec)).apply(editor.variables, graph, condition[None],
+                                                           node_stats(editor, spec, params))
 
 
 def edit_one(editor: Editor, spec: nets.Spec, params: nets.Params, condition: jax.Array,
@@ -266,8 +437,8 @@ def edit(editor: Editor, spec: nets.Spec, params: nets.Params, condition: Any, h
 
 
 @functools.partial(jax.jit, static_argnames=("hard",))
-def _edit_graph(editor, graph, condition, hard):
-    return apply_edit_to_graph(graph, GMN(editor.config).apply(editor.variables, graph, condition), hard)
+def _edit_graph(editor, graph, condition, stats, hard):
+    return apply_edit_to_graph(graph, GMN(editor.config).apply(editor.variables, graph, condition, stats), hard)
 
 
 def edit_batch(editor: Editor, batch: graphs.GraphBatch, condition: Any, hard: bool = True) -> list[nets.Params]:
@@ -284,5 +455,10 @@ def edit_batch(editor: Editor, batch: graphs.GraphBatch, condition: Any, hard: b
         raise EditorError(f"condition has shape {tuple(condition.shape)}; expected [{dim}] or [{count}, {dim}]")
     condition = jnp.broadcast_to(condition, (count, dim))
     padded = jnp.concatenate([condition, jnp.zeros((1, dim))])  # the padding graph's condition
-    edited = _edit_graph(editor, batch.graph, padded, hard=hard)
+    stats = None
+    if editor.config.probe_features:
+        per_network = [node_stats(editor, s, p) for s, p in zip(batch.specs, graphs.unbatch_graphs(batch))]
+        stats = jnp.concatenate(per_network)
+        stats = jnp.pad(stats, ((0, batch.graph.nodes["bias"].shape[0] - stats.shape[0]), (0, 0)))
+    edited = _edit_graph(editor, batch.graph, padded, stats, hard=hard)
     return graphs.unbatch_graphs(dataclasses.replace(batch, graph=edited))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from certify import certificates, lid, store
 from certify.solver import LIDConfig
-from metaedit import baselines, compare, datasets, editor, gmn, nets, report, requirements, zoo
+from metaedit import baselines, calibrate, compare, datasets, editor, gmn, nets, report, requirements, zoo
 from metaedit.datasets import Dataset
 from metaedit.options import option
 from metaedit.zoo.store import identity as zoo_identity
@@ -113,14 +113,6 @@ def _stage(message: str, log: Callable[[str], None]) -> float:
     return time.perf_counter()
 
 
-def _chosen_lambda(rows: list[dict]) -> float:
-    """The editor row to certify from: the best accuracy among rows with >= 90% compliance (or the
-    most compliant rows when none reaches 90%)."""
-    best = max(r["compliance_rate"] for r in rows)
-    eligible = [r for r in rows if r["compliance_rate"] >= min(0.9, best)]
-    return max(eligible, key=lambda r: r["accuracy_change"])["lambda"]
-
-
 def run_quickstart(config: QuickstartConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
     """Runs the quickstart (see the module docstring); returns a summary with the rows, the LID check
     and the seconds of each stage."""
@@ -160,14 +152,14 @@ def run_quickstart(config: QuickstartConfig, log: Callable[[str], None] = lambda
 
 
 def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, rows: list[dict], work: Path) -> dict:
-    """Edits held-out network 0 at the chosen lambda, saves it, solves and saves a box LID for its
-    accuracy, and checks both as ``metaedit check`` does."""
+    """Edits held-out network 0 with the calibrated lambda (its least invasive compliant edit), saves
+    it, solves and saves a box LID for its accuracy, and checks both as ``metaedit check`` does."""
     config, spec, dataset = plan.config, plan.spec, plan.dataset
     bar = tqdm(total=3, desc="certifying", unit="stage", disable=not config.progress)
-    lam = _chosen_lambda([r for r in rows if r["method"] == "editor"])
-    network = jax.tree.map(lambda leaf: leaf[0], held_out)
-    cond = editor.condition(plan.requirement, np.float32(lam), np.float32(plan.target))
-    edited = jax.tree.map(np.asarray, gmn.edit(trained_editor, spec, network, cond))
+    chosen = calibrate.calibrate(trained_editor, spec, plan.requirement, jax.tree.map(lambda leaf: leaf[:1], held_out),
+                                 plan.target, calibrate.validation_rows(dataset))
+    lam = float(chosen.lam[0])
+    edited = jax.tree.map(lambda leaf: np.asarray(leaf[0]), chosen.params)
     params_file = work / "edited.npz"
     nets.save_params(params_file, spec, edited)
     value = plan.requirement.measure(spec, edited, baselines.split_batch(dataset, "test"))
@@ -205,7 +197,7 @@ def _write(plan: Plan, trained: zoo.Zoo, rows: list[dict], certified: dict, seco
                            for m in methods], vlines=[(plan.target, f"target {plan.target}")])
     split = {k: len(v) for k, v in trained.split.items()}
     lid_lines = [
-        f"network: held-out network 0 edited at lambda {certified['lambda']}: {requirement.name} "
+        f"network: held-out network 0 edited at the calibrated lambda {certified['lambda']}: {requirement.name} "
         f"{certified['value']:.4f} ({'compliant' if certified['compliant'] else 'not compliant'} at {plan.target})",
         f"tau {certified['tau']}: certified accuracy {certified['certified_accuracy']:.4f} on "
         f"{certified['cert_samples']} certification samples, holds: {certified['holds']}",

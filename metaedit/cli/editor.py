@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaedit import compare, datasets, editor, gmn, nets, zoo
+from metaedit import calibrate, compare, datasets, editor, gmn, nets, zoo
 from metaedit.cli import flags
 from metaedit.gmn import EditorError
 
@@ -41,12 +42,12 @@ def _evaluate_command(args: argparse.Namespace) -> int:
                           f"{nets.describe(trained.spec)}")
     target = requirement.default_target() if args.target is None else args.target
     rows = compare.evaluate_editor(trained_editor, spec, requirement, trained.subset("test"), dataset, args.lambdas,
-                                   target)
+                                   target, calibrated=args.auto)
     for row in rows:
         if args.json:
             print(json.dumps(row))
         else:
-            print(f"lambda {row['lambda']:.2f}: compliant {row['compliance_rate']:.3f} at target {row['target']}, "
+            print(f"lambda {row['lambda']}: compliant {row['compliance_rate']:.3f} at target {row['target']}, "
                   f"accuracy change {100 * row['accuracy_change']:+.2f} points, JSD {row['jsd']:.4f}, "
                   f"constant predictors {row['constant_fraction']:.0%}, {1e3 * row['seconds_per_edit']:.2f} ms per edit")
     return 0
@@ -54,17 +55,32 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
 def _edit_command(args: argparse.Namespace) -> int:
     trained_editor, spec, dataset, requirement = _load(args.editor)
-    editor.check_lambda(args.lambda_)
+    if args.lambda_ != "auto":
+        editor.check_lambda(args.lambda_)
     params_spec, params = nets.load_params(args.params)
     if params_spec != spec:
         raise EditorError(f"{args.params} is a {nets.describe(params_spec)} network; the editor edits "
                           f"{nets.describe(spec)}")
     target = requirement.default_target() if args.target is None else requirement.check_target(args.target)
-    cond = editor.condition(requirement, jnp.asarray(args.lambda_, jnp.float32), jnp.asarray(target, jnp.float32))
-    edited = gmn.edit(trained_editor, spec, params, cond)
+    if args.lambda_ == "auto":
+        nets.validate_params(spec, params)
+        chosen = calibrate.calibrate(trained_editor, spec, requirement, jax.tree.map(lambda a: a[None], params), target,
+                                     calibrate.validation_rows(dataset))
+        edited = jax.tree.map(lambda a: a[0], chosen.params)
+        print(f"lambda auto: {float(chosen.lam[0])}, {requirement.name} {float(chosen.value[0]):.4f} on the validation "
+              f"rows; " + ("it complies with target " if chosen.found[0] else
+                           "NO lambda complies there; this is the most compliant edit, target ") + str(target),
+              file=sys.stderr)
+    else:
+        cond = editor.condition(requirement, jnp.asarray(args.lambda_, jnp.float32), jnp.asarray(target, jnp.float32))
+        edited = gmn.edit(trained_editor, spec, params, cond)
     nets.save_params(args.out, spec, {n: {k: np.asarray(v) for k, v in layer.items()} for n, layer in edited.items()})
     print(f"edited network written to {args.out}", file=sys.stderr)
     return 0
+
+
+def _lambda(text: str) -> float | str:
+    return "auto" if text == "auto" else float(text)
 
 
 def register(commands) -> None:
@@ -86,14 +102,18 @@ def register(commands) -> None:
                         help="comma-separated trade-off weights (default: 0,0.25,0.5,0.75,1)")
     parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own: gap "
                                                       "0.05, sparsity 0.9, half the feature groups)")
+    parser.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the calibrated row, lambda 'auto': each network's least invasive edit that "
+                             "complies on validation rows (default: on)")
     parser.add_argument("--json", action="store_true", help="one JSON object per lambda (default: one line each)")
     parser.set_defaults(run=_evaluate_command)
 
     parser = commands.add_parser("edit", help="edit one network (a params file) with a trained editor")
     parser.add_argument("--editor", required=True, help="an editor directory written by 'metaedit train-editor'")
     parser.add_argument("--params", required=True, help="the network to edit, a params file (.npz)")
-    parser.add_argument("--lambda", dest="lambda_", type=float, required=True,
-                        help="trade-off weight in [0, 1]: 0 keeps the network, 1 meets the requirement at any cost")
+    parser.add_argument("--lambda", dest="lambda_", type=_lambda, required=True,
+                        help="trade-off weight in [0, 1] (0 keeps the network, 1 meets the requirement at any cost), "
+                             "or 'auto': the least invasive edit that complies on validation rows")
     parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own)")
     parser.add_argument("--out", required=True, help="the edited params file to write (.npz)")
     parser.set_defaults(run=_edit_command)

@@ -8,6 +8,7 @@ import hashlib
 import importlib.resources
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import train_test_split
 
 
@@ -20,7 +21,8 @@ class Dataset:
     """A labelled data set with a train/test split and fairness metadata.
 
     x_train: [n_train, *input_shape] float32.  y_train: [n_train] int32 in [0, num_classes).
-    s_train: [n_train] int32 in {0, 1}, the sensitive attribute, or None where there is none.
+    s_train: [n_train] int32 in [0, G), the sensitive attribute's group of each row, or None where
+    there is none; ``sensitive_groups`` names the G groups (a binary attribute has G = 2).
     The same for ``*_test``. For tabular data ``input_shape == (d,)``, ``feature_names`` has d
     entries and ``feature_groups`` holds, per raw attribute (``group_names``), its column indices.
     For image data ``feature_names``, ``group_names`` and ``feature_groups`` are empty.
@@ -36,10 +38,18 @@ class Dataset:
     s_train: np.ndarray | None = None
     s_test: np.ndarray | None = None
     sensitive_name: str | None = None
+    sensitive_groups: tuple[str, ...] = ()
     feature_names: tuple[str, ...] = ()
     group_names: tuple[str, ...] = ()
     feature_groups: tuple[tuple[int, ...], ...] = ()
     source: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_groups(self) -> int:
+        """Groups of the sensitive attribute (0 where there is none)."""
+        if self.s_train is None:
+            return 0
+        return len(self.sensitive_groups) or int(max(np.max(self.s_train), np.max(self.s_test))) + 1
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,6 +71,27 @@ SHA256 = {  # the shipped files in metaedit/data
     "german.data.gz": "fb4b9063096409b19d03ae007ce2f195232a04f8ac4665112f78f312f962536a",
     "mnist_5k.csv.gz": "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
 }
+
+
+def sensitive_codes(train: pd.Series, test: pd.Series, sensitive: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Group ids of a sensitive column's rows in both splits, and the group names.
+
+    ``sensitive`` is a column name (every value its own group, sorted: a multi-valued attribute)
+    or ``column=value`` (one against the rest: 1 where the column equals ``value``, else 0).
+    """
+    column, _, value = sensitive.partition("=")
+    train, test = train.astype(str).str.strip(), test.astype(str).str.strip()
+    if value:
+        levels = sorted(set(train) | set(test))
+        if value not in levels:
+            raise DatasetError(f"sensitive value {value!r} is not a value of {column!r}: {', '.join(levels)}")
+        return ((train == value).to_numpy(np.int32), (test == value).to_numpy(np.int32),
+                (f"{column}!={value}", f"{column}={value}"))
+    levels = sorted(set(train) | set(test))
+    if len(levels) < 2:
+        raise DatasetError(f"sensitive column {column!r} holds a single value {levels[0]!r}: no groups to compare")
+    index = {level: i for i, level in enumerate(levels)}
+    return (train.map(index).to_numpy(np.int32), test.map(index).to_numpy(np.int32), tuple(levels))
 
 
 def shipped_text(filename: str) -> str:

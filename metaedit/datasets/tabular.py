@@ -1,6 +1,7 @@
 """Tabular data sets: UCI Adult, German credit, scikit-learn's breast cancer, and a user's CSV.
 
-Each comes with a binary sensitive attribute (where it has one) and *feature groups*: the encoded
+Each comes with a sensitive attribute (where it has one: binary, multi-valued, or one group
+against the rest, see :func:`metaedit.datasets.base.sensitive_codes`) and *feature groups*: the encoded
 columns of each raw attribute (:mod:`metaedit.datasets.encoding`).
 """
 
@@ -14,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from metaedit.datasets.base import Dataset, DatasetError, shipped_text, stratified_split
+from metaedit.datasets.base import Dataset, DatasetError, sensitive_codes, shipped_text, stratified_split
 from metaedit.datasets.encoding import encode_tables
 
 _ADULT_COLUMNS = (
@@ -32,11 +33,13 @@ def load_adult(sensitive: str = "sex") -> Dataset:
 
     14 raw attributes -> 14 feature groups, 104 encoded columns (8 categorical attributes one-hot,
     6 numeric standardised; capital-gain and capital-loss pass through log1p first).
-    Label: income > 50K. ``sensitive``: ``"sex"`` (1 = Male) or ``"race"`` (1 = White).
+    Label: income > 50K. ``sensitive``: ``"sex"`` (Female 0, Male 1), ``"race"`` (five groups:
+    Amer-Indian-Eskimo, Asian-Pac-Islander, Black, Other, White), or one group against the rest,
+    e.g. ``"race=Black"``.
     Shapes: x_train [30162, 104], x_test [15060, 104].
     """
-    if sensitive not in ("sex", "race"):
-        raise DatasetError(f"adult: sensitive must be 'sex' or 'race', got {sensitive!r}")
+    if sensitive.partition("=")[0] not in ("sex", "race"):
+        raise DatasetError(f"adult: sensitive must be sex or race (or race=VALUE), got {sensitive!r}")
     names = list(_ADULT_COLUMNS) + ["income"]
     tables = []
     for filename, skip in (("adult.data.gz", 0), ("adult.test.gz", 1)):
@@ -50,7 +53,8 @@ def load_adult(sensitive: str = "sex") -> Dataset:
         tables.append(table.reset_index(drop=True))
     train, test = tables
     encoded = encode_tables(train, test, _ADULT_COLUMNS, _ADULT_CATEGORICAL)
-    privileged = {"sex": "Male", "race": "White"}[sensitive]
+    s_train, s_test, groups = sensitive_codes(train[sensitive.partition("=")[0]], test[sensitive.partition("=")[0]],
+                                              sensitive)
     return Dataset(
         name="adult",
         x_train=encoded.x_train,
@@ -58,9 +62,10 @@ def load_adult(sensitive: str = "sex") -> Dataset:
         x_test=encoded.x_test,
         y_test=(test["income"] == ">50K").to_numpy(np.int32),
         num_classes=2,
-        s_train=(train[sensitive] == privileged).to_numpy(np.int32),
-        s_test=(test[sensitive] == privileged).to_numpy(np.int32),
+        s_train=s_train,
+        s_test=s_test,
         sensitive_name=sensitive,
+        sensitive_groups=groups,
         feature_names=encoded.feature_names,
         group_names=encoded.group_names,
         feature_groups=encoded.feature_groups,
@@ -107,6 +112,7 @@ def load_german(sensitive: str = "sex", test_fraction: float = 0.3, seed: int = 
         x_test=encoded.x_test, y_test=y[test_idx],
         num_classes=2,
         s_train=s[train_idx], s_test=s[test_idx], sensitive_name=sensitive,
+        sensitive_groups=("female", "male") if sensitive == "sex" else ("25 or younger", "older than 25"),
         feature_names=encoded.feature_names, group_names=encoded.group_names,
         feature_groups=encoded.feature_groups,
         source={"name": "german", "sensitive": sensitive, "test_fraction": test_fraction, "seed": seed},
@@ -149,8 +155,9 @@ def load_csv(
     """A user's CSV (header row required), encoded like the shipped tabular data sets.
 
     ``label`` is the target column; with ``binary_label`` it must hold exactly two values, the
-    sorted second one (or ``positive``) becoming class 1. ``sensitive`` (optional) must hold exactly
-    two values; the sorted second becomes 1. It stays a feature, as in Adult. Columns in
+    sorted second one (or ``positive``) becoming class 1. ``sensitive`` (optional) is a column (each
+    of its values a group; two or more) or ``column=value`` (that value against the rest). It stays
+    a feature, as in Adult. Columns in
     ``categorical`` are one-hot encoded, all other non-label columns must be numeric without missing
     values and are standardised. Split stratified by label from ``seed``.
     """
@@ -164,7 +171,7 @@ def load_csv(
     if table.empty:
         raise DatasetError(f"CSV file {path} has a header but no rows")
     available = list(table.columns)
-    for role, column in [("label", label), ("sensitive", sensitive)] + [
+    for role, column in [("label", label), ("sensitive", None if sensitive is None else sensitive.partition("=")[0])] + [
         ("categorical", c) for c in categorical
     ]:
         if column is not None and column not in available:
@@ -186,19 +193,24 @@ def load_csv(
             raise DatasetError(f"numeric column {column!r} in {path} has missing values")
 
     y, label_levels = _encode_label(table[label], binary_label, positive, f"label column {label!r}")
-    s = None
-    if sensitive is not None:
-        s, _ = _encode_label(table[sensitive], True, None, f"sensitive column {sensitive!r}")
     train_idx, test_idx = stratified_split(len(table), y, test_fraction, seed)
+    s_train = s_test = None
+    groups: tuple[str, ...] = ()
+    if sensitive is not None:
+        column = table[sensitive.partition("=")[0]]
+        if column.isna().any():
+            raise DatasetError(f"sensitive column {sensitive.partition('=')[0]!r} has missing values")
+        s_train, s_test, groups = sensitive_codes(column.iloc[train_idx], column.iloc[test_idx], sensitive)
     encoded = encode_tables(table.iloc[train_idx], table.iloc[test_idx], features, categorical)
     return Dataset(
         name=path.stem,
         x_train=encoded.x_train, y_train=y[train_idx],
         x_test=encoded.x_test, y_test=y[test_idx],
         num_classes=len(label_levels),
-        s_train=None if s is None else s[train_idx],
-        s_test=None if s is None else s[test_idx],
+        s_train=s_train,
+        s_test=s_test,
         sensitive_name=sensitive,
+        sensitive_groups=groups,
         feature_names=encoded.feature_names, group_names=encoded.group_names,
         feature_groups=encoded.feature_groups,
         source={

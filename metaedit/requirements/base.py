@@ -3,7 +3,8 @@
 A :class:`Requirement` is a frozen (hashable) dataclass, so it can be a static argument of a jitted
 function. Each one provides:
 
-* ``measure(spec, params, batch) -> float``: the exact metric of one network on concrete data;
+* ``exact(spec, params, batch) -> []``: the exact metric of one network, traceable (jit, vmap);
+  ``measure`` is its value on concrete data, with the requirement's checks;
 * ``penalty(spec, params, batch) -> []``: a smooth surrogate of that metric, differentiable;
 * ``excess(spec, params, batch, target) -> []``: by how much the target is missed on the batch,
   exactly 0 once it is met. Its value is the exact hard metric and its gradient the penalty's
@@ -46,10 +47,19 @@ class Requirement(abc.ABC):
     higher_is_compliant: ClassVar[bool]
     whole_split: ClassVar[bool] = False
     safety_margin: ClassVar[float] = 0.0
+    removes: ClassVar[bool] = True  # whether an edit may remove weights and neurons to meet it
 
     @abc.abstractmethod
+    def exact(self, spec: nets.Spec, params: nets.Params, batch: Batch | None) -> jax.Array:
+        """The exact metric of one network, traceable."""
+
     def measure(self, spec: nets.Spec, params: nets.Params, batch: Batch | None) -> float:
-        """The exact metric of one network (concrete values, host side)."""
+        """The exact metric of one network on concrete data (after :meth:`check_network`)."""
+        self.check_network(spec)
+        return float(self.exact(spec, params, batch))
+
+    def check_network(self, spec: nets.Spec) -> None:
+        """Raises :class:`RequirementError` when the requirement cannot be measured on ``spec``."""
 
     @abc.abstractmethod
     def penalty(self, spec: nets.Spec, params: nets.Params, batch: Batch | None) -> jax.Array:

@@ -1,7 +1,9 @@
 """Fairness gaps: equalised odds and demographic parity; compliant when the hard gap is <= epsilon.
 
-The gaps take soft (probabilities) or hard (0/1) predictions, so one formula serves the exact
-metric, the smooth penalty and the straight-through excess. Baselines: fairlearn's
+The sensitive attribute may have any number of groups: a gap is the largest difference between
+two groups' rates (max minus min over the groups present), as fairlearn's ``*_difference``
+metrics compute it. The gaps take soft (probabilities) or hard (0/1) predictions, so one formula
+serves the exact metric, the smooth penalty and the straight-through excess. Baselines: fairlearn's
 ``ThresholdOptimizer`` (post-processing that uses the sensitive attribute at prediction time and
 yields predictions, not a network), fine-tuning with a hinge on the soft gap, and retraining from
 scratch with that hinge.
@@ -25,23 +27,29 @@ from metaedit.requirements.base import Requirement, RequirementError, straight_t
 from metaedit.training import Batch
 
 
-def _rate(values, mask):
-    return (values * mask).sum() / jnp.maximum(mask.sum(), 1)
+def _spread(y_score, within, s, num_groups: int) -> jax.Array:
+    """max minus min over the groups present of P(yhat = 1 | group) among the rows ``within`` [n]."""
+    cells = jax.nn.one_hot(s, num_groups, dtype=y_score.dtype) * within[:, None]  # [n, G]
+    counts = cells.sum(0)
+    rates = (cells * y_score[:, None]).sum(0) / jnp.maximum(counts, 1)
+    present = counts > 0
+    spread = jnp.where(present, rates, -jnp.inf).max() - jnp.where(present, rates, jnp.inf).min()
+    return jnp.where(present.sum() >= 2, spread, 0.0)
 
 
-def equalised_odds_gap(y_true, y_score, s) -> jax.Array:
-    """max over y in {0, 1} of |P(yhat=1 | s=1, Y=y) - P(yhat=1 | s=0, Y=y)|; y_score may be soft."""
-    gaps = []
-    for label in (0, 1):
-        in_label = (y_true == label).astype(y_score.dtype)
-        gaps.append(jnp.abs(_rate(y_score, in_label * (s == 1)) - _rate(y_score, in_label * (s == 0))))
-    return jnp.maximum(*gaps)
+def equalised_odds_gaps(y_true, y_score, s, num_groups: int = 2) -> jax.Array:
+    """[2] for y in {0, 1}, the spread over groups of P(yhat=1 | group, Y=y); y_score may be soft."""
+    return jnp.stack([_spread(y_score, (y_true == label).astype(y_score.dtype), s, num_groups) for label in (0, 1)])
 
 
-def demographic_parity_gap(y_score, s) -> jax.Array:
-    """|P(yhat=1 | s=1) - P(yhat=1 | s=0)|; y_score may be soft."""
-    ones = jnp.ones_like(y_score)
-    return jnp.abs(_rate(y_score, ones * (s == 1)) - _rate(y_score, ones * (s == 0)))
+def equalised_odds_gap(y_true, y_score, s, num_groups: int = 2) -> jax.Array:
+    """max over y in {0, 1} of the spread over groups of P(yhat=1 | group, Y=y); y_score may be soft."""
+    return equalised_odds_gaps(y_true, y_score, s, num_groups).max()
+
+
+def demographic_parity_gap(y_score, s, num_groups: int = 2) -> jax.Array:
+    """The spread over groups of P(yhat=1 | group); y_score may be soft."""
+    return _spread(y_score, jnp.ones_like(y_score), s, num_groups)
 
 
 def _check_binary(spec: nets.Spec, what: str) -> None:
@@ -56,8 +64,10 @@ def positive_probability(spec: nets.Spec, params: nets.Params, x) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Gap(Requirement):
-    """A gap between the groups of a binary sensitive attribute. Subclasses name the gap
-    (``gap(y, score, s)``) and fairlearn's matching constraint."""
+    """A gap between the ``num_groups`` groups of a sensitive attribute. Subclasses name the gap
+    (``gap(y, score, s, num_groups)``) and fairlearn's matching constraint."""
+
+    num_groups: int = 2
 
     higher_is_compliant = False
     target_range = (0.0, 0.2)
@@ -65,9 +75,11 @@ class Gap(Requirement):
     # a gap met on the training split misses epsilon on held-out data by about the test split's sampling
     # noise; 0.02 is of that order for Adult's smallest (label, sex) cell
     safety_margin = 0.02
+    removes = False  # a fair edit moves decisions; removing features or neurons only costs accuracy
     what: ClassVar[str]
     constraint: ClassVar[str]
     gap: ClassVar[Callable]
+    parts: ClassVar[Callable]  # the gaps whose maximum is ``gap`` (for the excess)
 
     @property
     def description(self) -> str:
@@ -77,18 +89,23 @@ class Gap(Requirement):
         probability = positive_probability(spec, params, batch.x)
         return probability if soft else (probability > 0.5).astype(probability.dtype)
 
-    def measure(self, spec, params, batch: Batch) -> float:
-        _check_binary(spec, self.what)
+    def exact(self, spec, params, batch: Batch) -> jax.Array:
         hard = (nets.apply(spec, params, batch.x).argmax(-1) == 1).astype(jnp.float32)
-        return float(self.gap(batch.y, hard, batch.s))
+        return self.gap(batch.y, hard, batch.s, self.num_groups)
+
+    def check_network(self, spec) -> None:
+        _check_binary(spec, self.what)
 
     def penalty(self, spec, params, batch: Batch) -> jax.Array:
-        return self.gap(batch.y, self._scores(spec, params, batch, soft=True), batch.s)
+        return self.gap(batch.y, self._scores(spec, params, batch, soft=True), batch.s, self.num_groups)
 
     def excess(self, spec, params, batch: Batch, target) -> jax.Array:
-        """The hard gap on the batch in value, the soft gap's gradient (straight-through predictions)."""
+        """The sum over the gap's parts (equalised odds: the gap at each label) of how far each exceeds
+        the target on the batch: exactly 0 once every part, so the gap, is met. Hard values, the soft
+        gaps' gradients (straight-through predictions); a sum rather than the maximum, so that
+        closing one label's gap is never learnt by opening the other's."""
         scores = straight_through(self._scores(spec, params, batch, soft=False), self._scores(spec, params, batch, soft=True))
-        return jax.nn.relu(self.gap(batch.y, scores, batch.s) - target)
+        return jax.nn.relu(self.parts(batch.y, scores, batch.s, self.num_groups) - target).sum()
 
     def default_target(self) -> float:
         return 0.05
@@ -97,11 +114,16 @@ class Gap(Requirement):
         if dataset.s_train is None:
             raise RequirementError(f"{self.name} needs a data set with a sensitive attribute; {dataset.name} has none")
         _check_binary(spec, self.what)
+        groups = max(2, dataset.num_groups)
+        if groups != self.num_groups:
+            raise RequirementError(f"{self.name} was set up for {self.num_groups} groups; {dataset.name}'s sensitive "
+                                   f"attribute has {groups}")
 
     def measure_result(self, spec, result: BaselineResult, dataset: Dataset) -> np.ndarray:
         """From the hard test predictions (post-processing yields predictions, not a network)."""
         y, s = jnp.asarray(dataset.y_test), jnp.asarray(dataset.s_test)
-        return np.asarray([float(self.gap(y, jnp.asarray(p, jnp.float32), s)) for p in result.predictions])
+        return np.asarray([float(self.gap(y, jnp.asarray(p, jnp.float32), s, self.num_groups))
+                           for p in result.predictions])
 
     def baselines(self) -> dict[str, Baseline]:
         return {
@@ -120,6 +142,7 @@ class EqualisedOdds(Gap):
     what = "equalised-odds"
     constraint = "equalized_odds"
     gap = staticmethod(equalised_odds_gap)
+    parts = staticmethod(equalised_odds_gaps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +150,8 @@ class DemographicParity(Gap):
     name = "demographic_parity"
     what = "demographic-parity"
     constraint = "demographic_parity"
-    gap = staticmethod(lambda y, score, s: demographic_parity_gap(score, s))
+    gap = staticmethod(lambda y, score, s, num_groups: demographic_parity_gap(score, s, num_groups))
+    parts = staticmethod(lambda y, score, s, num_groups: demographic_parity_gap(score, s, num_groups)[None])
 
 
 def penalty_finetune(spec, params, dataset, weight: float = 5.0, target: float = 0.05, steps: int = 200,

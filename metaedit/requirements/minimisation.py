@@ -23,10 +23,14 @@ from metaedit.requirements.base import Requirement, RequirementError, straight_t
 Groups = tuple[tuple[int, ...], ...]
 
 
-def _input_rows(spec: nets.Spec, params: nets.Params) -> jax.Array:
-    """[d, out] the first layer's outgoing weights per input column (an MLP's first kernel)."""
+def _check_mlp(spec: nets.Spec) -> None:
     if not isinstance(spec, nets.MLPSpec):
         raise RequirementError("data minimisation needs an MLP on tabular features")
+
+
+def _input_rows(spec: nets.Spec, params: nets.Params) -> jax.Array:
+    """[d, out] the first layer's outgoing weights per input column (an MLP's first kernel)."""
+    _check_mlp(spec)
     return params[nets.layers(spec)[0].name]["kernel"]
 
 
@@ -77,8 +81,12 @@ class Minimisation(Requirement):
     def target_range(self) -> tuple[float, float]:
         return (1.0, float(len(self.groups)))
 
-    def measure(self, spec, params, batch=None) -> int:
-        return groups_read(spec, params, self.groups)
+    def exact(self, spec, params, batch=None) -> jax.Array:
+        rows = _input_rows(spec, params)
+        return jnp.stack([jnp.any(rows[jnp.asarray(g)] != 0) for g in self.groups]).sum()
+
+    def check_network(self, spec) -> None:
+        _check_mlp(spec)
 
     def penalty(self, spec, params, batch=None) -> jax.Array:
         return soft_groups_read(spec, params, self.groups)
@@ -90,8 +98,7 @@ class Minimisation(Requirement):
         return float(len(self.groups) // 2)
 
     def check(self, spec, dataset) -> None:
-        if not isinstance(spec, nets.MLPSpec):
-            raise RequirementError("data minimisation needs an MLP on tabular features")
+        _check_mlp(spec)
 
     def baselines(self) -> dict[str, Baseline]:
         return {

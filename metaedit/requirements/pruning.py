@@ -49,8 +49,9 @@ class Pruning(Requirement):
     target_range = (0.5, 0.99)
     higher_is_compliant = True
 
-    def measure(self, spec, params, batch=None) -> float:
-        return sparsity(spec, params)
+    def exact(self, spec, params, batch=None) -> jax.Array:
+        kernels = _kernels(spec, params)
+        return sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels)
 
     def penalty(self, spec, params, batch=None) -> jax.Array:
         return soft_density(spec, params)

@@ -18,7 +18,9 @@ def test_compliance_harness_writes_its_report(tmp_path):
     written, tables = run.execute(config)
     rows = tables["metrics.csv"]
     methods = [r["method"] for r in rows]
-    assert methods.count("editor") == 2 and methods.count("magnitude") == 2 and methods.count("magnitude+finetune") == 1
+    editor = [r["lambda"] for r in rows if r["method"] == "editor"]
+    assert editor.count("auto") == 1 and len(editor) == 3  # the grid, then each network's calibrated lambda
+    assert methods.count("magnitude") == 2 and methods.count("magnitude+finetune") == 1
     magnitude = [r for r in rows if r["method"] == "magnitude"]
     assert abs(magnitude[1]["value"] - 0.9) < 0.02 and magnitude[1]["compliance_rate"] > 0
     for name in ("report.md", "metrics.csv", "pareto.png"):

@@ -141,7 +141,8 @@ def test_train_editor_evaluate_and_edit(small_zoo, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--editor", str(out), "--zoo", str(small_zoo), "--lambdas", "0,1", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["lambda"] for r in rows] == [0.0, 1.0]
+    assert [r["lambda"] for r in rows] == [0.0, 1.0, "auto"]  # the grid, then the calibrated row
+    assert 0 <= rows[-1]["found_rate"] <= 1
     for row in rows:
         assert set(row) >= {"lambda", "compliance_rate", "accuracy_change", "jsd", "seconds_per_edit"}
         assert 0 <= row["compliance_rate"] <= 1 and row["seconds_per_edit"] > 0
@@ -151,6 +152,8 @@ def test_train_editor_evaluate_and_edit(small_zoo, tmp_path, capsys):
     from metaedit import nets
     spec, edited = nets.load_params(tmp_path / "e.npz")
     assert edited["dense_0"]["kernel"].shape == (30, 8)
+    assert main(["edit", "--editor", str(out), "--params", str(member), "--lambda", "auto", "--out", str(tmp_path / "a.npz")]) == 0
+    assert "lambda auto:" in capsys.readouterr().err and nets.load_params(tmp_path / "a.npz")[0] == spec
     assert main(["edit", "--editor", str(out), "--params", str(member), "--lambda", "1.5", "--out", str(tmp_path / "x.npz")]) == 2
     assert "lambda must lie in [0, 1]" in capsys.readouterr().err
     assert main(["train-editor", "--zoo", str(small_zoo), "--requirement", "fairness", "--steps", "10",

@@ -56,7 +56,7 @@ def test_adult_encoding(adult):
 
 
 def test_adult_race_and_german_age():
-    race = datasets.load_adult(sensitive="race")
+    race = datasets.load_adult(sensitive="race=White")
     assert 0.8 < race.s_train.mean() < 0.9
     german = datasets.load_german(sensitive="age")
     assert 0.7 < german.s_train.mean() < 0.9
@@ -124,3 +124,21 @@ def test_damaged_shipped_file_is_refused(monkeypatch):
     monkeypatch.setitem(datasets.base.SHA256, "german.data.gz", "0" * 64)
     with pytest.raises(DatasetError, match="damaged"):
         datasets.load_german()
+
+
+def test_sensitive_attributes_multi_valued_and_one_against_the_rest(tmp_path):
+    adult = datasets.load_adult("race")
+    assert adult.sensitive_groups == ("Amer-Indian-Eskimo", "Asian-Pac-Islander", "Black", "Other", "White")
+    assert adult.num_groups == 5 and set(np.unique(adult.s_train)) == set(range(5))
+    black = datasets.load_adult("race=Black")
+    assert black.num_groups == 2 and (black.s_train == (adult.s_train == 2)).all()
+    path = tmp_path / "mine.csv"
+    path.write_text("x,city,label\n" + "\n".join(f"{i % 5},{'abc'[i % 3]},{i % 2}" for i in range(90)))
+    three = datasets.load_csv(path, label="label", sensitive="city", categorical=["city"])
+    assert three.sensitive_groups == ("a", "b", "c") and three.num_groups == 3
+    one = datasets.load_csv(path, label="label", sensitive="city=b", categorical=["city"])
+    assert one.sensitive_groups == ("city!=b", "city=b") and set(np.unique(one.s_test)) <= {0, 1}
+    with pytest.raises(DatasetError, match="'z' is not a value of 'city'"):
+        datasets.load_csv(path, label="label", sensitive="city=z", categorical=["city"])
+    with pytest.raises(DatasetError, match="sensitive must be sex or race"):
+        datasets.load_adult("age")

@@ -14,9 +14,9 @@ CNN = nets.CNNSpec((6, 6, 2), (4, 3), 5)
 CONDITION = jnp.array([0.3, 0.7])
 
 
-def active_editor(specs, seed=0):
+def active_editor(specs, seed=0, keep_bias=0.0):
     """An untrained editor whose edit is far from the identity: s = 1, masks undecided (keep bias 0)."""
-    config = GMNConfig.for_specs(specs, hidden=16, layers=2, init_scale=1.0, keep_bias=0.0)
+    config = GMNConfig.for_specs(specs, hidden=16, layers=2, init_scale=1.0, keep_bias=keep_bias, head_init=1.0)
     return gmn.init_editor(config, jax.random.key(seed))
 
 
@@ -64,7 +64,7 @@ def test_edit_is_equivariant_to_hidden_permutations(spec):
 
 
 def test_input_features_keep_their_identity():
-    editor = active_editor([MLP])
+    editor = active_editor([MLP], keep_bias=4.0)  # masks keep every weight, so the residuals show
     params = with_random_biases(MLP, jax.random.key(3))
     perm = np.array([1, 0, 2, 3, 4, 5])
     swapped = {**params, "dense_0": {**params["dense_0"], "kernel": params["dense_0"]["kernel"][perm]}}

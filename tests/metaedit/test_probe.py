@@ -1,0 +1,51 @@
+"""Data-aware node features: what they hold, and that they permute with their neurons."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaedit import graphs, nets, probe
+from metaedit.training import Batch
+
+SPEC = nets.MLPSpec((6,), (5, 4), 2)
+
+
+def permuted(spec, params, rng):
+    names = [l.name for l in nets.layers(spec)]
+    params = jax.tree.map(np.asarray, params)
+    perms = []
+    for i, name in enumerate(names[:-1]):
+        perm = rng.permutation(params[name]["bias"].shape[0])
+        perms.append(perm)
+        params[name] = {"kernel": params[name]["kernel"][..., perm], "bias": params[name]["bias"][perm]}
+        params[names[i + 1]] = {**params[names[i + 1]], "kernel": params[names[i + 1]]["kernel"][..., perm, :]}
+    return params, perms
+
+
+def test_probe_features_are_equivariant_and_say_what_they_hold():
+    params = nets.init(SPEC, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (64, 6))
+    batch = Batch(x, (x[:, 0] > 0).astype(jnp.int32), (x[:, 1] > 0).astype(jnp.int32))
+    stats = np.asarray(probe.node_features(SPEC, params, batch, num_groups=2))
+    topo = graphs.topology(SPEC)
+    assert stats.shape == (topo.num_nodes, probe.NUM_FEATURES) and np.isfinite(stats).all()
+    acts, _ = probe.activations(SPEC, params, x)
+    np.testing.assert_allclose(stats[:, 2], (np.asarray(acts) > 0).mean(0), atol=1e-6)  # active fraction
+    assert abs(stats[0, 3]) > 0.3  # input 0 defines the label: a strong label association
+    for seed in range(3):
+        other, perms = permuted(SPEC, params, np.random.default_rng(seed))
+        moved = np.asarray(probe.node_features(SPEC, other, batch, num_groups=2))
+        order = np.arange(topo.num_nodes)
+        for perm, (start, end) in zip(perms, topo.node_slices[:-1]):
+            order[start:end] = start + perm
+        np.testing.assert_allclose(moved, stats[order], rtol=1e-4, atol=1e-5)
+
+
+def test_probe_rows_keep_small_cells():
+    y = np.array([0] * 90 + [1] * 10)
+    s = np.array([0, 1] * 45 + [0] * 9 + [1])
+    rows = probe.probe_rows(y, s, 20)
+    cells = np.bincount(s[rows] * 2 + y[rows], minlength=4)
+    sizes = np.bincount(s * 2 + y, minlength=4)  # 45, 9, 45 and 1 rows
+    assert len(rows) == 20 and len(set(rows)) == 20
+    assert (cells >= np.minimum(sizes, 20 // 4)).all() and cells[3] == 1  # the one-row cell is kept
