@@ -34,7 +34,7 @@ class Config:
     arch: str = option("mlp:32,32", "architecture of the zoo's networks")
     zoo: ZooConfig = option(ZooConfig(members=256, epochs=2, seed=0), "the zoo", flag=False)
     editor: EditorTrainConfig = option(EditorTrainConfig(), "editor training (its steps: --steps)", flag=False)
-    steps: int = option(1500, "editor training steps")
+    steps: int | None = option(None, "editor training steps (default: the editor's own, as train-editor)")
     target: float | None = option(None, "requirement target (default: the requirement's own)")
     lambdas: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 0.9, 1.0), "trade-off weights the editor is evaluated at")
     strengths: tuple[tuple[str, tuple[float, ...]], ...] = option((), "strengths per baseline (default: each "
@@ -49,7 +49,8 @@ def run(config: Config) -> dict[str, list[dict]]:
     trained = zoo.train_zoo(spec, dataset, config.zoo, workdir=out / "zoos" / config.dataset, progress=False)
     requirement = requirements.for_dataset(config.editor.requirement, dataset)
     target = requirement.default_target() if config.target is None else config.target
-    editor_config = dataclasses.replace(config.editor, steps=config.steps, chunk_steps=max(1, config.steps // 10))
+    steps = config.editor.steps if config.steps is None else config.steps
+    editor_config = dataclasses.replace(config.editor, steps=steps, chunk_steps=max(1, steps // 10))
     started = time.perf_counter()
     trained_editor = editor.train_editor(spec, trained.subset("train"), dataset, editor_config, workdir=out / "editor",
                                          progress=False, validation=trained.subset("val"))
@@ -58,7 +59,7 @@ def run(config: Config) -> dict[str, list[dict]]:
     rows = compare.evaluate_editor(trained_editor, spec, requirement, held_out, dataset, config.lambdas, target)
     rows += compare.evaluate_baselines(requirement, spec, held_out, dataset, target, dict(config.strengths))
     for row in rows:
-        row.update(editor_train_seconds=train_seconds, networks=nets.population_size(held_out))
+        row.update(editor_train_seconds=train_seconds, editor_steps=steps, networks=nets.population_size(held_out))
     return {"metrics.csv": rows}
 
 
@@ -79,7 +80,7 @@ def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
                report.column("ms per edit", "seconds_per_edit", "{:.2f}", 1000)]
     return (report.Report(config.title)
             .paragraph(f"One editor trained for `{config.editor.requirement}` ({rows[0]['editor_train_seconds']:.0f} s, "
-                       f"{config.steps} steps), evaluated on {rows[0]['networks']} held-out networks at target "
+                       f"{rows[0]['editor_steps']} steps), evaluated on {rows[0]['networks']} held-out networks at target "
                        f"{target}, against the baselines on the same networks. Accuracy change is the mean over "
                        "networks, in points; compliance is the fraction of networks meeting the target; 'constant' is "
                        "the fraction of networks predicting one class only; times are warm (compilation excluded).")

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import jraph
 
 from metaedit import graphs, nets
-from metaedit.probe import NUM_FEATURES, node_features
+from metaedit.probe import NUM_FEATURES, NUM_GRAPH_FEATURES, graph_features, node_features
 from metaedit.training import Batch
 
 
@@ -69,7 +69,7 @@ class GMNConfig:
     num_groups: int = 0
     head_init: float = 0.1
     masks: bool = True
-    bilinear: int = 4
+    bilinear: int = 0
 
     @classmethod
     def for_specs(cls, specs: Sequence[nets.Spec], **options) -> "GMNConfig":
@@ -82,6 +82,12 @@ class GMNConfig:
             edge_dim=max(t.edge_dim for t in topos),
             **options,
         )
+
+    @property
+    def input_condition_dim(self) -> int:
+        """Width of the condition the metanetwork reads: the user's condition and, for a data-aware
+        editor, the network's probe statistics (:func:`metaedit.probe.graph_features`)."""
+        return self.condition_dim + (NUM_GRAPH_FEATURES if self.probe_features else 0)
 
     @property
     def vocabulary(self) -> int:
@@ -344,7 +350,7 @@ def init_variables(config: GMNConfig, key: jax.Array):
     spec = nets.MLPSpec((config.max_inputs,), (2,) * (config.max_depth - 1), config.max_outputs)
     graph = graphs.params_to_graph(spec, nets.init(spec, jax.random.key(0)), config.edge_dim)
     stats = jnp.zeros((graphs.topology(spec).num_nodes, NUM_FEATURES))
-    return GMN(config).init(key, graph, jnp.zeros((1, config.condition_dim)), stats)
+    return GMN(config).init(key, graph, jnp.zeros((1, config.input_condition_dim)), stats)
 
 
 def node_stats(editor: Editor, spec: nets.Spec, params: nets.Params) -> jax.Array | None:
@@ -352,6 +358,14 @@ def node_stats(editor: Editor, spec: nets.Spec, params: nets.Params) -> jax.Arra
     if not editor.config.probe_features:
         return None
     return node_features(spec, params, editor.probe, editor.config.num_groups)
+
+
+def full_condition(editor: Editor, spec: nets.Spec, params: nets.Params, condition: jax.Array) -> jax.Array:
+    """[input_condition_dim]: the condition [condition_dim] of one network, then (data-aware
+    editor) the network's graph statistics on the probe batch."""
+    if not editor.config.probe_features:
+        return condition
+    return jnp.concatenate([condition, graph_features(spec, params, editor.probe, editor.config.num_groups)])
 
 
 def keep_mask(logits: jax.Array, hard: bool) -> jax.Array:
@@ -386,7 +400,8 @@ def apply_edit(spec: nets.Spec, params: nets.Params, edit: Edit, hard: bool = Tr
 def predict_edit(editor: Editor, spec: nets.Spec, params: nets.Params, condition: jax.Array) -> Edit:
     """The editor's raw output for one network and condition [condition_dim] (jitted)."""
     graph = graphs.params_to_graph(spec, params, editor.config.edge_dim)
-    return GMN(editor.config, graphs.topology(spec)).apply(editor.variables, graph, condition[None],
+    return GMN(editor.config, graphs.topology(spec)).apply(editor.variables, graph,
+                                                           full_condition(editor, spec, params, condition)[None],
                                                            node_stats(editor, spec, params))
 
 
@@ -454,10 +469,12 @@ def edit_batch(editor: Editor, batch: graphs.GraphBatch, condition: Any, hard: b
     if condition.shape not in ((dim,), (count, dim)):
         raise EditorError(f"condition has shape {tuple(condition.shape)}; expected [{dim}] or [{count}, {dim}]")
     condition = jnp.broadcast_to(condition, (count, dim))
-    padded = jnp.concatenate([condition, jnp.zeros((1, dim))])  # the padding graph's condition
+    networks = graphs.unbatch_graphs(batch)
+    condition = jnp.stack([full_condition(editor, s, p, c) for s, p, c in zip(batch.specs, networks, condition)])
+    padded = jnp.concatenate([condition, jnp.zeros((1, condition.shape[1]))])  # the padding graph's condition
     stats = None
     if editor.config.probe_features:
-        per_network = [node_stats(editor, s, p) for s, p in zip(batch.specs, graphs.unbatch_graphs(batch))]
+        per_network = [node_stats(editor, s, p) for s, p in zip(batch.specs, networks)]
         stats = jnp.concatenate(per_network)
         stats = jnp.pad(stats, ((0, batch.graph.nodes["bias"].shape[0] - stats.shape[0]), (0, 0)))
     edited = _edit_graph(editor, batch.graph, padded, stats, hard=hard)

@@ -179,6 +179,23 @@ def apply(spec: Spec, params: Params, x: jax.Array) -> jax.Array:
     return features(spec, params, x) @ head["kernel"] + head["bias"]
 
 
+def rescale(spec: Spec, params: Params, key: jax.Array, spread: float | jax.Array) -> Params:
+    """The same function with other weights: every hidden neuron (channel) ``j`` of layer ``l`` gets
+    its incoming kernel and bias multiplied by ``c_j`` and its outgoing kernel by ``1 / c_j``, with
+    ``c_j`` log-uniform in ``[1 / spread, spread]``. ReLU is positively homogeneous (and a CNN's
+    global mean pool linear), so the logits are unchanged up to rounding. One network; vmap it."""
+    all_layers = layers(spec)
+    out = {layer.name: dict(params[layer.name]) for layer in all_layers}
+    keys = jax.random.split(key, len(all_layers) - 1)
+    log_spread = jnp.log(jnp.asarray(spread, jnp.float32))
+    for layer, following, k in zip(all_layers[:-1], all_layers[1:], keys):
+        c = jnp.exp(jax.random.uniform(k, layer.bias_shape, jnp.float32, -log_spread, log_spread))
+        out[layer.name]["kernel"] = out[layer.name]["kernel"] * c
+        out[layer.name]["bias"] = out[layer.name]["bias"] * c
+        out[following.name]["kernel"] = out[following.name]["kernel"] / c[:, None]
+    return out
+
+
 def features(spec: "CNNSpec", params: Params, x: jax.Array) -> jax.Array:
     """A CNN's globally pooled features [B, channels[-1]]: what its linear head reads."""
     if not isinstance(spec, CNNSpec):

@@ -33,6 +33,7 @@ from metaedit import nets
 from metaedit.training import Batch
 
 NUM_FEATURES = 8
+NUM_GRAPH_FEATURES = 6
 
 
 def _signed_log(v: jax.Array) -> jax.Array:
@@ -119,6 +120,34 @@ def node_features(spec: nets.Spec, params: nets.Params, probe: Batch, num_groups
     return jnp.stack([_signed_log(mean), _signed_log(std), active, _signed_log(label),
                       _signed_log(gaps[0]), _signed_log(gaps[1]), _signed_log(slopes.mean(0)),
                       _signed_log(slope_gap)], axis=1)
+
+
+def graph_features(spec: nets.Spec, params: nets.Params, probe: Batch, num_groups: int) -> jax.Array:
+    """[NUM_GRAPH_FEATURES] statistics of the whole network on the probe batch: for each label y, the
+    spread over groups (max minus min) of the positive rate among rows of label y, with soft (mean
+    probability) and hard predictions (features 0 to 3: how far the network is from equalised
+    odds); the positive rate (4) and the accuracy (5). Zeros where the task is not binary or
+    there are no groups (the rates and accuracy still given where binary)."""
+    logits = nets.apply(spec, params, probe.x)
+    accuracy = (logits.argmax(-1) == probe.y).mean()
+    zeros = jnp.zeros(NUM_GRAPH_FEATURES, logits.dtype)
+    if spec.num_classes != 2:
+        return zeros.at[5].set(accuracy)
+    soft = jax.nn.softmax(logits)[:, 1]
+    hard = (logits.argmax(-1) == 1).astype(soft.dtype)
+    spreads = []
+    if num_groups >= 2:
+        groups = jax.nn.one_hot(probe.s, num_groups, dtype=soft.dtype)  # [B, G]
+        for score in (soft, hard):
+            for label in (0, 1):
+                cell = groups * (probe.y == label).astype(soft.dtype)[:, None]
+                counts = cell.sum(0)
+                rate = (cell * score[:, None]).sum(0) / jnp.maximum(counts, 1.0)
+                present = counts > 0
+                spreads.append(jnp.where(present, rate, -jnp.inf).max() - jnp.where(present, rate, jnp.inf).min())
+    else:
+        spreads = [jnp.zeros((), soft.dtype)] * 4
+    return jnp.stack(spreads + [soft.mean(), accuracy])
 
 
 def probe_rows(y: np.ndarray, s: np.ndarray | None, size: int, seed: int = 0) -> np.ndarray:

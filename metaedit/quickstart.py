@@ -44,12 +44,13 @@ class QuickstartConfig:
     csv: str | None = option(None, "your own CSV file with a header row, instead of --dataset (needs --label)")
     label: str | None = option(None, "label column of --csv (two values)")
     sensitive: str | None = option(None, "sensitive attribute: adult sex or race, german sex or age, or a --csv "
-                                         "column with two values (default: the data set's own)")
+                                         "column (each value a group); COLUMN=VALUE sets one group against the rest "
+                                         "(default: the data set's own)")
     categorical: tuple[str, ...] = option((), "categorical columns of --csv")
     arch: str = option("mlp:32,32", "architecture of the zoo's networks (mlp:W1,W2,... or cnn:C1,C2,...)")
-    members: int = option(128, "networks in the zoo (70% train the editor, 15% validate it, 15% are held out)")
+    members: int = option(512, "networks in the zoo (70% train the editor, 15% validate it, 15% are held out)")
     epochs: float = option(2.0, "passes over the training split of the longest-training network")
-    steps: int = option(600, "editor training steps")
+    steps: int = option(1500, "editor training steps")
     lambdas: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 1.0), "trade-off weights the editor is evaluated at")
     target: float | None = option(None, "requirement target (default: the requirement's own: gap 0.05, "
                                         "sparsity 0.9, half the feature groups)")

@@ -3,7 +3,9 @@
     python -m experiments.benchmarks.edit_cost [--members 256] [--networks 38]
 
 A seeded Adult zoo (``mlp:32,32``) is trained; its first ``--networks`` members are edited by an
-editor (its cost does not depend on its weights, so a freshly initialised one is timed) and by every
+editor (its cost does not depend on its weights, so a freshly initialised one is timed), by the
+editor's calibrated mode (``editor-calibrated``: every lambda of the calibration grid, measured on
+the validation rows, the least invasive compliant edit kept) and by every
 baseline of every requirement at its default strength. Each method runs once to compile, then is
 timed on a second, warm call (the baselines do this themselves: ``metaedit.baselines.timed``);
 ``first_call_seconds`` is the first call, compilation included. JSON lines: ``benchmark``
@@ -19,7 +21,7 @@ import jax
 import numpy as np
 
 from experiments.benchmarks.common import emit, machine
-from metaedit import datasets, editor, gmn, nets, requirements, zoo
+from metaedit import calibrate, datasets, editor, gmn, nets, requirements, zoo
 
 
 def _timed(run) -> tuple[float, float]:
@@ -48,12 +50,18 @@ def main(argv=None) -> None:
     names = [n for n in (args.only.split(",") if args.only else requirements.NAMES)]
     editor_config = gmn.GMNConfig.for_specs([spec])
     fresh = gmn.init_editor(editor_config, jax.random.key(0))
+    rows = calibrate.validation_rows(data)
     for name in names:
         requirement = requirements.for_dataset(name, data)
         cond = editor.condition(requirement, np.float32(0.5), np.float32(requirement.default_target()))
         first, warm = _timed(lambda: jax.block_until_ready(gmn.edit(fresh, spec, params, cond)))
         emit("edit_cost", "editor", 1e3 * warm / count, "ms/network", requirement=name, first_call_seconds=first,
              **where)
+        started = time.perf_counter()
+        chosen = calibrate.calibrate(fresh, spec, requirement, params, requirement.default_target(), rows)
+        emit("edit_cost", "editor-calibrated", 1e3 * chosen.seconds_per_edit, "ms/network", requirement=name,
+             lambdas=len(calibrate.LAMBDAS), validation_rows=int(rows.y.shape[0]),
+             first_call_seconds=time.perf_counter() - started - chosen.seconds_per_edit * count, **where)
         for baseline_name, baseline in requirement.baselines().items():
             strength = requirement.default_target() if baseline.default_strength is None else baseline.default_strength
             strength = int(strength) if baseline.strength == "kept" else strength

@@ -17,12 +17,13 @@ from metaedit.gmn import EditorError
 
 
 def _train_editor_command(args: argparse.Namespace) -> int:
-    trained = zoo.load_zoo(args.zoo)
-    dataset = datasets.load_source(trained.dataset)
+    zoos = zoo.load_zoos(args.zoo)  # one zoo, or one per architecture of a mixed zoo
+    dataset = datasets.load_source(zoos[0].dataset)
     config = flags.config_from(args, editor.EditorTrainConfig)
-    editor.train_editor(trained.spec, trained.subset("train"), dataset, config, workdir=args.out,
+    validated = all(len(z.split["val"]) for z in zoos)
+    editor.train_editor([z.spec for z in zoos], [z.subset("train") for z in zoos], dataset, config, workdir=args.out,
                         progress=args.progress, identity={"zoo": str(Path(args.zoo).resolve())},
-                        validation=trained.subset("val") if len(trained.split["val"]) else None)
+                        validation=[z.subset("val") for z in zoos] if validated else None)
     print(f"editor for {config.requirement} saved in {args.out}", file=sys.stderr)
     return 0
 
@@ -34,12 +35,24 @@ def _load(directory: str):
     return trained_editor, nets.spec_from_dict(record["spec"]), dataset, editor.trained_requirement(record, dataset)
 
 
+def _readable(trained_editor: gmn.Editor, trained_spec: nets.Spec, spec: nets.Spec, what: str) -> nets.Spec:
+    """``spec`` if the editor (trained on ``trained_spec``'s data) can read it, architectures it was
+    not trained on included; else an EditorError that names ``what``."""
+    if (spec.input_shape, spec.num_classes) != (trained_spec.input_shape, trained_spec.num_classes):
+        raise EditorError(f"{what} holds {nets.describe(spec)} networks on inputs {spec.input_shape} with "
+                          f"{spec.num_classes} classes; the editor was trained on {nets.describe(trained_spec)} "
+                          f"networks on inputs {trained_spec.input_shape} with {trained_spec.num_classes}")
+    try:
+        trained_editor.config.check(spec)
+    except EditorError as error:
+        raise EditorError(f"{what}: {error}") from None
+    return spec
+
+
 def _evaluate_command(args: argparse.Namespace) -> int:
     trained_editor, spec, dataset, requirement = _load(args.editor)
     trained = zoo.load_zoo(args.zoo)
-    if trained.spec != spec:
-        raise EditorError(f"the editor was trained on {nets.describe(spec)} networks; the zoo holds "
-                          f"{nets.describe(trained.spec)}")
+    spec = _readable(trained_editor, spec, trained.spec, f"the zoo {args.zoo}")
     target = requirement.default_target() if args.target is None else args.target
     rows = compare.evaluate_editor(trained_editor, spec, requirement, trained.subset("test"), dataset, args.lambdas,
                                    target, calibrated=args.auto)
@@ -58,9 +71,7 @@ def _edit_command(args: argparse.Namespace) -> int:
     if args.lambda_ != "auto":
         editor.check_lambda(args.lambda_)
     params_spec, params = nets.load_params(args.params)
-    if params_spec != spec:
-        raise EditorError(f"{args.params} is a {nets.describe(params_spec)} network; the editor edits "
-                          f"{nets.describe(spec)}")
+    spec = _readable(trained_editor, spec, params_spec, args.params)
     target = requirement.default_target() if args.target is None else requirement.check_target(args.target)
     if args.lambda_ == "auto":
         nets.validate_params(spec, params)
@@ -88,7 +99,8 @@ def register(commands) -> None:
     parser = commands.add_parser("train-editor", help="train one editor for a requirement on a zoo",
                                  description="Train one editor for the whole accuracy/compliance trade-off on the "
                                              "zoo's training networks (checkpointed; a stopped run resumes).")
-    parser.add_argument("--zoo", required=True, help="a zoo directory written by 'metaedit zoo'")
+    parser.add_argument("--zoo", required=True, help="a zoo directory written by 'metaedit zoo' (a mixed zoo: one "
+                                                     "editor for all its architectures)")
     flags.add_options(parser, editor.EditorTrainConfig, required=("requirement",))
     parser.add_argument("--out", required=True, help="editor directory (resumed if it holds an unfinished run)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,

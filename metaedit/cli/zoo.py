@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +24,8 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> 
                                       "--dataset or --csv)")
     parser.add_argument("--label", help="label column of --csv, two values (no default: required with --csv)")
     parser.add_argument("--sensitive", help="sensitive attribute: adult sex or race, german sex or age, or a --csv "
-                                            "column with two values (default: the data set's own)")
+                                            "column (each value a group); COLUMN=VALUE sets one group against the "
+                                            "rest, e.g. race=Black (default: the data set's own)")
     parser.add_argument("--categorical", default="", help="comma-separated categorical columns of --csv (default: none)")
 
 
@@ -36,12 +39,18 @@ def _zoo_command(args: argparse.Namespace) -> int:
     if args.cpu_devices != 1:
         use_cpu_cores(args.cpu_devices or None)
     dataset = load_data(args)
-    spec = nets.parse_arch(args.arch, dataset.input_shape, dataset.num_classes)
+    archs = list(dict.fromkeys(args.arch))
+    specs = [nets.parse_arch(arch, dataset.input_shape, dataset.num_classes) for arch in archs]
     config = flags.config_from(args, zoo.ZooConfig)
-    print(f"{dataset}; {nets.describe(spec)} with {nets.num_params(spec):,} parameters; "
-          f"{config.members} members, {config.max_steps(len(dataset.y_train))} steps max", file=sys.stderr)
-    zoo.train_zoo(spec, dataset, config, workdir=args.out, progress=args.progress)
-    _print_info(summary(args.out), as_json=False)
+    if len(specs) > 1:  # a mixed zoo: one zoo per architecture, seeds apart, and a manifest
+        zoo.write_mixed_manifest(args.out, archs)
+    for i, (arch, spec) in enumerate(zip(archs, specs)):
+        workdir = args.out if len(specs) == 1 else str(Path(args.out) / zoo.arch_folder(arch))
+        one = config if len(specs) == 1 else dataclasses.replace(config, seed=config.seed + 1000 * i)
+        print(f"{dataset}; {nets.describe(spec)} with {nets.num_params(spec):,} parameters; "
+              f"{one.members} members, {one.max_steps(len(dataset.y_train))} steps max", file=sys.stderr)
+        zoo.train_zoo(spec, dataset, one, workdir=workdir, progress=args.progress)
+        _print_info(summary(workdir), as_json=False)
     return 0
 
 
@@ -116,7 +125,9 @@ def register(commands) -> None:
     parser = commands.add_parser("zoo", help="train (or resume) a population of networks",
                                  description="Train a zoo of networks of one architecture, or resume or load it.")
     add_data_options(parser)
-    parser.add_argument("--arch", required=True, help="architecture: mlp:W1,W2,... or cnn:C1,C2,...")
+    parser.add_argument("--arch", required=True, nargs="+",
+                        help="architecture: mlp:W1,W2,... or cnn:C1,C2,...; several make a mixed zoo, one zoo per "
+                             "architecture in a sub-folder of --out, for one editor of them all (no default)")
     flags.add_options(parser, zoo.ZooConfig)
     parser.add_argument("--out", required=True, help="zoo directory (resumed if it holds an unfinished run)")
     parser.add_argument("--cpu-devices", type=int, default=0,

@@ -7,10 +7,12 @@
 """
 
 from metaedit.zoo.config import Hparams, ZooConfig, ZooError, sample_hparams
-from metaedit.zoo.store import ZOO_FORMAT, Zoo, check_fits, load_zoo, network_split, read_zoo_record, save_zoo
+from metaedit.zoo.store import (MIXED_MANIFEST, ZOO_FORMAT, Zoo, arch_folder, check_fits, load_zoo, load_zoos,
+                                network_split, read_zoo_record, save_zoo, write_mixed_manifest, zoo_folders)
 from metaedit.zoo.train import (ZooProgram, evaluate, init_member, member_key, optimizer, train_chunk, train_one,
                                 train_zoo)
 
 __all__ = ["Hparams", "ZooConfig", "ZooError", "sample_hparams", "ZOO_FORMAT", "Zoo", "check_fits", "load_zoo",
+           "MIXED_MANIFEST", "arch_folder", "load_zoos", "write_mixed_manifest", "zoo_folders",
            "network_split", "read_zoo_record", "save_zoo", "ZooProgram", "evaluate", "init_member", "member_key",
            "optimizer", "train_chunk", "train_one", "train_zoo"]

@@ -14,6 +14,8 @@ from metaedit.datasets import Dataset
 from metaedit.zoo.config import HPARAM_DTYPES, Hparams, ZooConfig, ZooError
 
 ZOO_FORMAT = "metaedit-zoo/1"
+MIXED_MANIFEST = "mixed.json"
+"""A mixed zoo is a directory of zoos, one per architecture, listed in this file."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -124,3 +126,40 @@ def load_zoo(workdir: str | Path) -> Zoo:
         config=config, dataset=record["dataset"],
     )
 
+
+
+def arch_folder(arch: str) -> str:
+    """The sub-folder of a mixed zoo that holds architecture ``arch`` (e.g. ``mlp_32_32``)."""
+    return arch.replace(":", "_").replace(",", "_")
+
+
+def write_mixed_manifest(workdir: str | Path, archs: list[str]) -> None:
+    """Records that ``workdir`` is a mixed zoo with one sub-zoo per architecture of ``archs``."""
+    import json
+
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / MIXED_MANIFEST).write_text(json.dumps({"format": "metaedit-mixed-zoo/1", "archs": archs,
+                                                           "folders": [arch_folder(a) for a in archs]}))
+
+
+def zoo_folders(workdir: str | Path) -> list[Path]:
+    """The zoo directories of ``workdir``: its sub-zoos if it is a mixed zoo, else itself."""
+    import json
+
+    manifest = Path(workdir) / MIXED_MANIFEST
+    if not manifest.is_file():
+        return [Path(workdir)]
+    try:
+        folders = json.loads(manifest.read_text())["folders"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise checkpoint.CheckpointError(f"{manifest} is not a readable mixed-zoo manifest ({error})") from None
+    return [Path(workdir) / f for f in folders]
+
+
+def load_zoos(workdir: str | Path) -> list[Zoo]:
+    """Every zoo of ``workdir`` (one per architecture of a mixed zoo; else the one zoo). Their data
+    sets must agree."""
+    zoos = [load_zoo(folder) for folder in zoo_folders(workdir)]
+    if any(z.dataset != zoos[0].dataset for z in zoos):
+        raise ZooError(f"the zoos of {workdir} were trained on different data sets")
+    return zoos

@@ -159,3 +159,26 @@ def test_train_editor_evaluate_and_edit(small_zoo, tmp_path, capsys):
     assert main(["train-editor", "--zoo", str(small_zoo), "--requirement", "fairness", "--steps", "10",
                  "--out", str(tmp_path / "f"), "--no-progress"]) == 2
     assert "needs a data set with a sensitive attribute" in capsys.readouterr().err
+
+
+def test_mixed_zoo_trains_one_editor_that_edits_an_unseen_architecture(tmp_path, capsys):
+    mixed, unseen = tmp_path / "mixed", tmp_path / "unseen"
+    common = ["--dataset", "breast_cancer", "--members", "6", "--epochs", "4", "--no-progress"]
+    assert main(["zoo", *common, "--arch", "mlp:8", "mlp:6,4", "--out", str(mixed)]) == 0
+    assert sorted(p.name for p in mixed.iterdir()) == ["mixed.json", "mlp_6_4", "mlp_8"]
+    assert main(["zoo", *common, "--arch", "mlp:10", "--out", str(unseen)]) == 0
+    out = tmp_path / "editor"
+    assert main(["train-editor", "--zoo", str(mixed), "--requirement", "pruning", "--steps", "10",
+                 "--chunk-steps", "5", "--out", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 10 and "val_loss" in record  # validated on both architectures' held-out networks
+    capsys.readouterr()
+    assert main(["evaluate", "--editor", str(out), "--zoo", str(unseen), "--lambdas", "1", "--no-auto", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["lambda"] == 1.0 and 0 <= row["compliance_rate"] <= 1
+    other = tmp_path / "digits"
+    assert main(["zoo", "--dataset", "digits", "--members", "4", "--epochs", "1", "--arch", "mlp:8", "--no-progress",
+                 "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--editor", str(out), "--zoo", str(other), "--lambdas", "1"]) == 2
+    assert "the editor was trained on" in capsys.readouterr().err

@@ -1,9 +1,11 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metaedit import editor, gmn, nets, requirements, zoo
+from metaedit import baselines, editor, gmn, nets, requirements, zoo
 from metaedit.editor import EditorTrainConfig, EditorTrainingError
 from metaedit.requirements import Batch, RequirementError
 
@@ -39,15 +41,24 @@ def test_training_lowers_the_loss_and_lambda_zero_keeps_the_function(pool, breas
     assert len(lines) == TINY.num_chunks
 
 
-def test_resumed_training_equals_uninterrupted(pool, breast_cancer, tmp_path):
+def test_resumed_training_equals_uninterrupted_and_keeps_the_best_validated_editor(pool, breast_cancer, tmp_path):
     spec, params = pool
-    config = EditorTrainConfig(**{**TINY.__dict__, "steps": 40, "chunk_steps": 20})
-    whole = editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "whole", progress=False)
-    assert editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "cut", progress=False,
-                               stop_after_chunks=1) is None
-    resumed = editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "cut", progress=False)
+    config = EditorTrainConfig(**{**TINY.__dict__, "steps": 100, "chunk_steps": 10, "seed": 0,
+                                                  "keep": "best"})  # best: chunk 8
+    held_out = jax.tree.map(lambda a: a[:2], params)
+    run = lambda where, **kw: editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / where,
+                                                  progress=False, validation=held_out, **kw)
+    whole = run("whole")
+    assert run("cut", stop_after_chunks=3) is None
+    resumed = run("cut")
     for a, b in zip(jax.tree.leaves(whole.variables), jax.tree.leaves(resumed.variables)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the editor kept (and loaded) is the chunk with the lowest validation loss
+    logged = [json.loads(line)["val_loss"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    loaded, _ = editor.load_editor(tmp_path / "whole")
+    rows = jax.tree.map(lambda a: a[: config.data_batch], baselines.split_batch(breast_cancer, "train"))
+    kept = editor.evaluation_loss(loaded, spec, requirements.get("pruning"), held_out, rows, 0.5, 0.9)
+    assert kept["loss"] == pytest.approx(min(logged), rel=1e-4)
 
 
 def test_bad_inputs(pool, breast_cancer):
@@ -62,3 +73,30 @@ def test_bad_inputs(pool, breast_cancer):
         editor.check_lambda(1.2)
     with pytest.raises(nets.SpecError, match="dense_0/kernel has shape"):
         editor.train_editor(nets.MLPSpec((30,), (9,), 2), params, breast_cancer, TINY, progress=False)
+    with pytest.raises(EditorTrainingError, match="2 architectures but 1 populations"):
+        editor.train_editor([spec, nets.MLPSpec((30,), (4,), 2)], [params], breast_cancer, TINY, progress=False)
+    with pytest.raises(EditorTrainingError, match="must read the same inputs"):
+        editor.train_editor([spec, nets.MLPSpec((20,), (4,), 2)], [params, params], breast_cancer, TINY,
+                            progress=False)
+    with pytest.raises(EditorTrainingError, match="rescale must be >= 1"):
+        EditorTrainConfig(rescale=0.5)
+
+
+def test_monotone_penalty_compares_the_edit_with_a_larger_lambda(pool, breast_cancer):
+    spec, params = pool
+    config = gmn.GMNConfig.for_specs([spec], hidden=16, layers=2, init_scale=0.5, head_init=1.0)
+    variables = gmn.init_editor(config, jax.random.key(3)).variables
+    batch, requirement = fixed_batch(breast_cancer), requirements.get("pruning")
+    lam, target = jnp.full((6,), 0.3), jnp.full((6,), 0.9)
+    loss = lambda further: editor.editing_loss(variables, None, config, spec, requirement, params, batch, lam, target,
+                                               monotone=1.0, further=further)
+    same, _ = loss(jnp.zeros(6))
+    _, metrics = loss(jnp.full((6,), 0.5))
+    assert float(editor.editing_loss(variables, None, config, spec, requirement, params, batch, lam, target)[0]) == \
+        pytest.approx(float(same), rel=1e-6)  # the same lambda: nothing added
+    trained = gmn.Editor(config, variables, None)
+    value = lambda p, lam_: requirement.penalty(spec, gmn.edit_one(
+        trained, spec, p, editor.condition(requirement, jnp.float32(lam_), jnp.float32(0.9)), hard=False), batch)
+    expected = np.mean([max(float(value(jax.tree.map(lambda a, i=i: a[i], params), 0.8))
+                            - float(value(jax.tree.map(lambda a, i=i: a[i], params), 0.3)), 0.0) for i in range(6)])
+    assert expected > 0 and float(metrics["nonmonotone"]) == pytest.approx(expected, rel=1e-4, abs=1e-7)

@@ -98,3 +98,15 @@ def test_parse_arch_and_bad_specs():
         nets.MLPSpec((3,), (0,), 2)
     with pytest.raises(SpecError, match=r"the network takes \[batch, \*\(10,\)\]"):
         nets.apply(SPECS[0], nets.init(SPECS[0], jax.random.key(0)), jnp.ones((2, 11)))
+
+
+@pytest.mark.parametrize("spec", [nets.MLPSpec((10,), (16, 8), 3), nets.CNNSpec((8, 8, 1), (4, 6), 3)], ids=["mlp", "cnn"])
+def test_rescale_changes_the_weights_not_the_function(spec):
+    params = jax.tree.map(lambda a: a + 0.1, nets.init(spec, jax.random.key(0)))  # non-zero biases too
+    moved = nets.rescale(spec, params, jax.random.key(1), 3.0)
+    x = jax.random.normal(jax.random.key(2), (5,) + spec.input_shape)
+    np.testing.assert_allclose(nets.apply(spec, moved, x), nets.apply(spec, params, x), atol=1e-5)
+    first = nets.layers(spec)[0].name
+    assert float(jnp.abs(moved[first]["kernel"] - params[first]["kernel"]).max()) > 0.1
+    same = nets.rescale(spec, params, jax.random.key(1), 1.0)  # spread 1: no change
+    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params)))

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaedit import graphs, nets, probe
+from metaedit import graphs, nets, probe, requirements
 from metaedit.training import Batch
 
 SPEC = nets.MLPSpec((6,), (5, 4), 2)
@@ -32,6 +32,12 @@ def test_probe_features_are_equivariant_and_say_what_they_hold():
     acts, _ = probe.activations(SPEC, params, x)
     np.testing.assert_allclose(stats[:, 2], (np.asarray(acts) > 0).mean(0), atol=1e-6)  # active fraction
     assert abs(stats[0, 3]) > 0.3  # input 0 defines the label: a strong label association
+    whole = np.asarray(probe.graph_features(SPEC, params, batch, num_groups=2))
+    hard = (np.asarray(nets.apply(SPEC, params, x)).argmax(-1) == 1).astype(np.float32)
+    gaps = requirements.equalised_odds_gaps(batch.y, jnp.asarray(hard), batch.s)
+    np.testing.assert_allclose(whole[2:4], gaps, atol=1e-6)  # the hard gap at each label
+    np.testing.assert_allclose(whole[5], (np.asarray(nets.apply(SPEC, params, x)).argmax(-1) == np.asarray(batch.y)).mean(),
+                               atol=1e-6)
     for seed in range(3):
         other, perms = permuted(SPEC, params, np.random.default_rng(seed))
         moved = np.asarray(probe.node_features(SPEC, other, batch, num_groups=2))
@@ -39,6 +45,8 @@ def test_probe_features_are_equivariant_and_say_what_they_hold():
         for perm, (start, end) in zip(perms, topo.node_slices[:-1]):
             order[start:end] = start + perm
         np.testing.assert_allclose(moved, stats[order], rtol=1e-4, atol=1e-5)
+        # the whole network's statistics do not move at all
+        np.testing.assert_allclose(probe.graph_features(SPEC, other, batch, 2), whole, rtol=1e-4, atol=1e-6)
 
 
 def test_probe_rows_keep_small_cells():
