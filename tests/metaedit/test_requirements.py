@@ -98,7 +98,7 @@ def test_excess_is_the_exact_metric_with_a_smooth_gradient():
     for requirement, target, expected in cases:
         assert expected > 0, requirement.name  # the case must exceed its target to test the value
         value, grads = jax.value_and_grad(lambda p: requirement.excess(SPEC, p, batch, target))(params)
-        assert float(value) == pytest.approx(expected, abs=1e-6), requirement.name
+        assert float(value) == pytest.approx(float(expected), abs=1e-6), requirement.name
         assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads))) > 0, requirement.name
     met = requirements.PRUNING.excess(SPEC, params, batch, requirements.sparsity(SPEC, params))
     assert float(met) == 0.0
