@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments import compliance
 from metaedit import compare, datasets, editor, nets, report, requirements, zoo
 from metaedit.editor import EditorTrainConfig
 from metaedit.options import option
@@ -82,18 +83,8 @@ def run(config: Config) -> dict[str, list[dict]]:
 
 def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
     rows = tables["metrics.csv"]
-    requirement = requirements.get(config.editor.requirement, ((0,),))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    panel = report.Panel(f"{config.unseen_arch} networks", requirement.description.split(";")[0],
-                         "accuracy change (points)",
-                         [report.Series(m, [r["value"] for r in rows if r["method"] == m],
-                                        [100 * r["accuracy_change"] for r in rows if r["method"] == m])
-                          for m in methods], vlines=[(rows[0]["target"], f"target {rows[0]['target']}")])
-    columns = [report.column("editor", "method"), report.column("setting", "setting"),
-               report.column("value", "value", "{:.4f}"),
-               report.column("accuracy change", "accuracy_change", "{:+.2f}", 100),
-               report.column("compliant", "compliance_rate", "{:.3f}"),
-               report.column("constant", "constant_fraction", "{:.2f}"),
+    panel = compliance.front_panel(f"{config.unseen_arch} networks", config.editor.requirement, rows)
+    columns = [report.column("editor", "method"), *compliance.OUTCOME_COLUMNS,
                report.column("trained on", "train_archs"), report.column("train s", "editor_train_seconds", "{:.0f}")]
     return (report.Report(config.title)
             .paragraph(f"`{config.editor.requirement}` at target {rows[0]['target']} on {rows[0]['networks']} held-out "

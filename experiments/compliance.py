@@ -63,20 +63,29 @@ def run(config: Config) -> dict[str, list[dict]]:
     return {"metrics.csv": rows}
 
 
-def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
-    rows = tables["metrics.csv"]
-    requirement = requirements.get(config.editor.requirement, ((0,),))
+OUTCOME_COLUMNS = (report.column("setting", "setting"), report.column("value", "value", "{:.4f}"),
+                   report.column("accuracy change", "accuracy_change", "{:+.2f}", 100),
+                   report.column("compliant", "compliance_rate", "{:.3f}"),
+                   report.column("constant", "constant_fraction", "{:.2f}"))
+"""The columns of one method's setting and outcome in a compliance table."""
+
+
+def front_panel(title: str, requirement_name: str, rows: list[dict]) -> report.Panel:
+    """Requirement value against accuracy change (points), one series per method, the target marked."""
+    requirement = requirements.get(requirement_name, ((0,),))
     target = rows[0]["target"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    panel = report.Panel(config.title, requirement.description.split(";")[0], "accuracy change (points)",
-                         [report.Series(m, [r["value"] for r in rows if r["method"] == m],
-                                        [100 * r["accuracy_change"] for r in rows if r["method"] == m]) for m in methods],
-                         vlines=[(target, f"target {target}")])
-    columns = [report.column("method", "method"), report.column("setting", "setting"),
-               report.column("value", "value", "{:.4f}"),
-               report.column("accuracy change", "accuracy_change", "{:+.2f}", 100),
-               report.column("compliant", "compliance_rate", "{:.3f}"),
-               report.column("constant", "constant_fraction", "{:.2f}"),
+    return report.Panel(title, requirement.description.split(";")[0], "accuracy change (points)",
+                        [report.Series(m, [r["value"] for r in rows if r["method"] == m],
+                                       [100 * r["accuracy_change"] for r in rows if r["method"] == m]) for m in methods],
+                        vlines=[(target, f"target {target}")])
+
+
+def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
+    rows = tables["metrics.csv"]
+    target = rows[0]["target"]
+    panel = front_panel(config.title, config.editor.requirement, rows)
+    columns = [report.column("method", "method"), *OUTCOME_COLUMNS,
                report.column("ms per edit", "seconds_per_edit", "{:.2f}", 1000)]
     return (report.Report(config.title)
             .paragraph(f"One editor trained for `{config.editor.requirement}` ({rows[0]['editor_train_seconds']:.0f} s, "

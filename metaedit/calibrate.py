@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaedit import baselines, gmn, nets
+from metaedit import gmn, nets
 from metaedit.datasets import Dataset
 from metaedit.editor import check_lambda, condition
-from metaedit.probe import probe_rows
+from metaedit.probe import stratified_batch
 from metaedit.requirements import Requirement
 from metaedit.training import Batch
 
@@ -45,8 +45,7 @@ class Calibrated(NamedTuple):
 
 def validation_rows(dataset: Dataset, size: int = 8192, seed: int = 1) -> Batch:
     """``size`` training rows, stratified over the (group, label) cells, as a device :class:`Batch`."""
-    rows = probe_rows(dataset.y_train, dataset.s_train, size, seed)
-    return jax.tree.map(lambda a: a[rows], baselines.split_batch(dataset, "train"))
+    return stratified_batch(dataset, size, seed)
 
 
 def _shares(spec: nets.Spec, params: nets.Params, x: jax.Array) -> jax.Array:

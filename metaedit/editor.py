@@ -29,7 +29,7 @@ import optax
 from metaedit import baselines, checkpoint, driver, gmn, nets, options, requirements, training
 from metaedit.datasets import Dataset
 from metaedit.options import option
-from metaedit.probe import probe_rows
+from metaedit.probe import stratified_batch
 from metaedit.requirements import Requirement
 from metaedit.training import Batch, TrainState
 
@@ -223,12 +223,6 @@ def _chunk_program(specs: tuple, requirement, gmn_config, config: EditorTrainCon
     return (lambda variables: training.init_state(variables, tx)), chunk
 
 
-def _rows_batch(dataset: Dataset, size: int, seed: int) -> Batch:
-    """``size`` training rows stratified over the (group, label) cells, as a device :class:`Batch`."""
-    rows = probe_rows(dataset.y_train, dataset.s_train, size, seed)
-    return jax.tree.map(lambda a: a[rows], baselines.split_batch(dataset, "train"))
-
-
 def _as_tuple(value, single) -> tuple:
     return (value,) if isinstance(value, single) else tuple(value)
 
@@ -267,8 +261,8 @@ def train_editor(spec: nets.Spec | Sequence[nets.Spec], pool: nets.Params | Sequ
                                          layers=config.layers, bilinear=config.bilinear, probe_features=config.probe > 0,
                                          num_groups=dataset.num_groups, masks=requirement.removes)
     data = baselines.split_batch(dataset, "train")
-    probe = _rows_batch(dataset, config.probe, config.seed) if config.probe else None
-    measured = _rows_batch(dataset, config.requirement_rows, config.seed) if requirement.whole_split else None
+    probe = stratified_batch(dataset, config.probe, config.seed) if config.probe else None
+    measured = stratified_batch(dataset, config.requirement_rows, config.seed) if requirement.whole_split else None
     init, chunk = _chunk_program(specs, requirement, gmn_config, config, jax.tree.map(jnp.asarray, pools), data, probe,
                                  measured)
     record = {"format": EDITOR_FORMAT, "spec": nets.spec_to_dict(specs[0]),

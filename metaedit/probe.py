@@ -30,6 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaedit import nets
+from metaedit.baselines import split_batch
+from metaedit.datasets import Dataset
+from metaedit.requirements import equalised_odds_gaps
 from metaedit.training import Batch
 
 NUM_FEATURES = 8
@@ -135,19 +138,11 @@ def graph_features(spec: nets.Spec, params: nets.Params, probe: Batch, num_group
         return zeros.at[5].set(accuracy)
     soft = jax.nn.softmax(logits)[:, 1]
     hard = (logits.argmax(-1) == 1).astype(soft.dtype)
-    spreads = []
     if num_groups >= 2:
-        groups = jax.nn.one_hot(probe.s, num_groups, dtype=soft.dtype)  # [B, G]
-        for score in (soft, hard):
-            for label in (0, 1):
-                cell = groups * (probe.y == label).astype(soft.dtype)[:, None]
-                counts = cell.sum(0)
-                rate = (cell * score[:, None]).sum(0) / jnp.maximum(counts, 1.0)
-                present = counts > 0
-                spreads.append(jnp.where(present, rate, -jnp.inf).max() - jnp.where(present, rate, jnp.inf).min())
+        spreads = jnp.concatenate([equalised_odds_gaps(probe.y, score, probe.s, num_groups) for score in (soft, hard)])
     else:
-        spreads = [jnp.zeros((), soft.dtype)] * 4
-    return jnp.stack(spreads + [soft.mean(), accuracy])
+        spreads = jnp.zeros(4, soft.dtype)
+    return jnp.concatenate([spreads, jnp.stack([soft.mean(), accuracy])])
 
 
 def probe_rows(y: np.ndarray, s: np.ndarray | None, size: int, seed: int = 0) -> np.ndarray:
@@ -161,3 +156,11 @@ def probe_rows(y: np.ndarray, s: np.ndarray | None, size: int, seed: int = 0) ->
         picked += [int(o[depth]) for o in order if depth < len(o)]
         depth += 1
     return np.sort(np.asarray(picked[:size], np.int64))
+
+
+def stratified_batch(dataset: Dataset, size: int, seed: int) -> Batch:
+    """``size`` training rows stratified over the (group, label) cells (:func:`probe_rows`), as a
+    device :class:`Batch`: the probe batch, the rows a gap is measured on in training, the
+    calibration's validation rows."""
+    rows = probe_rows(dataset.y_train, dataset.s_train, size, seed)
+    return jax.tree.map(lambda a: a[rows], split_batch(dataset, "train"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import jax
@@ -135,8 +136,6 @@ def arch_folder(arch: str) -> str:
 
 def write_mixed_manifest(workdir: str | Path, archs: list[str]) -> None:
     """Records that ``workdir`` is a mixed zoo with one sub-zoo per architecture of ``archs``."""
-    import json
-
     Path(workdir).mkdir(parents=True, exist_ok=True)
     (Path(workdir) / MIXED_MANIFEST).write_text(json.dumps({"format": "metaedit-mixed-zoo/1", "archs": archs,
                                                            "folders": [arch_folder(a) for a in archs]}))
@@ -144,8 +143,6 @@ def write_mixed_manifest(workdir: str | Path, archs: list[str]) -> None:
 
 def zoo_folders(workdir: str | Path) -> list[Path]:
     """The zoo directories of ``workdir``: its sub-zoos if it is a mixed zoo, else itself."""
-    import json
-
     manifest = Path(workdir) / MIXED_MANIFEST
     if not manifest.is_file():
         return [Path(workdir)]

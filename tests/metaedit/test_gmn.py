@@ -8,6 +8,7 @@ import pytest
 
 from metaedit import gmn, graphs, nets
 from metaedit.gmn import EditorError, GMNConfig
+from tests.symmetries import permute_hidden
 
 MLP = nets.MLPSpec((6,), (5, 4), 3)
 CNN = nets.CNNSpec((6, 6, 2), (4, 3), 5)
@@ -27,20 +28,6 @@ def with_random_biases(spec, key):
             for (n, l), k in zip(sorted(params.items()), keys)}
 
 
-def permute_hidden(spec, params, rng):
-    """Permutes the neurons (channels) of every hidden layer, keeping the function."""
-    names = [l.name for l in nets.layers(spec)]
-    params = jax.tree.map(np.asarray, params)
-    perms = []
-    for i, name in enumerate(names[:-1]):
-        perm = rng.permutation(params[name]["bias"].shape[0])
-        perms.append(perm)
-        params[name] = {"kernel": params[name]["kernel"][..., perm], "bias": params[name]["bias"][perm]}
-        nxt = names[i + 1]
-        params[nxt] = {**params[nxt], "kernel": params[nxt]["kernel"][..., perm, :]}
-    return params
-
-
 def assert_trees_close(a, b, atol=1e-5):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=atol)
@@ -52,11 +39,11 @@ def test_edit_is_equivariant_to_hidden_permutations(spec):
     params = with_random_biases(spec, jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (7,) + spec.input_shape)
     for seed in range(3):
-        permuted = permute_hidden(spec, params, np.random.default_rng(seed))
+        permuted, _ = permute_hidden(spec, params, np.random.default_rng(seed))
         np.testing.assert_allclose(nets.apply(spec, permuted, x), nets.apply(spec, params, x), atol=1e-5)
         edited = gmn.edit(editor, spec, params, CONDITION)
         edited_permuted = gmn.edit(editor, spec, permuted, CONDITION)
-        assert_trees_close(edited_permuted, permute_hidden(spec, edited, np.random.default_rng(seed)))
+        assert_trees_close(edited_permuted, permute_hidden(spec, edited, np.random.default_rng(seed))[0])
         # the edited networks compute the same function
         np.testing.assert_allclose(nets.apply(spec, edited_permuted, x), nets.apply(spec, edited, x), atol=1e-4)
     changed = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(edited), jax.tree.leaves(params)))

@@ -6,20 +6,9 @@ import numpy as np
 
 from metaedit import graphs, nets, probe, requirements
 from metaedit.training import Batch
+from tests.symmetries import permute_hidden
 
 SPEC = nets.MLPSpec((6,), (5, 4), 2)
-
-
-def permuted(spec, params, rng):
-    names = [l.name for l in nets.layers(spec)]
-    params = jax.tree.map(np.asarray, params)
-    perms = []
-    for i, name in enumerate(names[:-1]):
-        perm = rng.permutation(params[name]["bias"].shape[0])
-        perms.append(perm)
-        params[name] = {"kernel": params[name]["kernel"][..., perm], "bias": params[name]["bias"][perm]}
-        params[names[i + 1]] = {**params[names[i + 1]], "kernel": params[names[i + 1]]["kernel"][..., perm, :]}
-    return params, perms
 
 
 def test_probe_features_are_equivariant_and_say_what_they_hold():
@@ -39,7 +28,7 @@ def test_probe_features_are_equivariant_and_say_what_they_hold():
     np.testing.assert_allclose(whole[5], (np.asarray(nets.apply(SPEC, params, x)).argmax(-1) == np.asarray(batch.y)).mean(),
                                atol=1e-6)
     for seed in range(3):
-        other, perms = permuted(SPEC, params, np.random.default_rng(seed))
+        other, perms = permute_hidden(SPEC, params, np.random.default_rng(seed))
         moved = np.asarray(probe.node_features(SPEC, other, batch, num_groups=2))
         order = np.arange(topo.num_nodes)
         for perm, (start, end) in zip(perms, topo.node_slices[:-1]):

@@ -11,16 +11,18 @@ SPEC = nets.MLPSpec((6,), (5,), 2)
 GROUPS = ((0,), (1, 2, 3), (4, 5))
 
 
-def test_equalised_odds_and_parity_agree_with_fairlearn():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("groups", [2, 4])
+def test_equalised_odds_and_parity_agree_with_fairlearn(groups):
+    rng = np.random.default_rng(groups)
     for trial in range(20):
-        n = 200
+        n = 300
         y = rng.integers(0, 2, n)
-        s = rng.integers(0, 2, n)
-        pred = (rng.uniform(size=n) < 0.3 + 0.3 * s + 0.2 * y).astype(np.int64)
-        ours = float(requirements.equalised_odds_gap(jnp.asarray(y), jnp.asarray(pred, jnp.float32), jnp.asarray(s)))
+        s = rng.integers(0, groups, n)
+        pred = (rng.uniform(size=n) < 0.2 + 0.4 * s / (groups - 1) + 0.2 * y).astype(np.int64)
+        score = jnp.asarray(pred, jnp.float32)
+        ours = float(requirements.equalised_odds_gap(jnp.asarray(y), score, jnp.asarray(s), num_groups=groups))
         assert ours == pytest.approx(equalized_odds_difference(y, pred, sensitive_features=s), abs=1e-6)
-        ours_dp = float(requirements.demographic_parity_gap(jnp.asarray(pred, jnp.float32), jnp.asarray(s)))
+        ours_dp = float(requirements.demographic_parity_gap(score, jnp.asarray(s), num_groups=groups))
         assert ours_dp == pytest.approx(demographic_parity_difference(y, pred, sensitive_features=s), abs=1e-6)
 
 
@@ -104,21 +106,10 @@ def test_excess_is_the_exact_metric_with_a_smooth_gradient():
     assert float(met) == 0.0
 
 
-def test_multi_valued_gaps_agree_with_fairlearn():
+def test_an_absent_group_does_not_count():
     rng = np.random.default_rng(1)
-    for trial in range(20):
-        n = 300
-        y = rng.integers(0, 2, n)
-        s = rng.integers(0, 4, n)
-        pred = (rng.uniform(size=n) < 0.2 + 0.12 * s + 0.2 * y).astype(np.int64)
-        score = jnp.asarray(pred, jnp.float32)
-        ours = float(requirements.equalised_odds_gap(jnp.asarray(y), score, jnp.asarray(s), num_groups=4))
-        assert ours == pytest.approx(equalized_odds_difference(y, pred, sensitive_features=s), abs=1e-6)
-        ours_dp = float(requirements.demographic_parity_gap(score, jnp.asarray(s), num_groups=4))
-        assert ours_dp == pytest.approx(demographic_parity_difference(y, pred, sensitive_features=s), abs=1e-6)
-    # a group absent from the data does not count, and a requirement measures the same gap
     s = rng.integers(0, 3, 200)  # group 3 of 4 never appears
     y, pred = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
     gap = float(requirements.equalised_odds_gap(jnp.asarray(y), jnp.asarray(pred, jnp.float32), jnp.asarray(s), 4))
     assert gap == pytest.approx(equalized_odds_difference(y, pred, sensitive_features=s), abs=1e-6)
-    assert requirements.get("fairness", sensitive_groups=4).num_groups == 4
+    assert requirements.get("fairness", sensitive_groups=4).num_groups == 4  # a requirement set up for four groups
