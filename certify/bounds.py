@@ -16,7 +16,9 @@ crossing ones). Global average pooling is exact.
 
 :func:`output_bounds` gives logit bounds and a lower bound on each sample's margin (true-class
 logit minus the best other logit) over the whole domain; for a zonotope it keeps the better of the
-affine bound and the interval bound of the zonotope's interval hull (both are sound).
+affine bound and the interval bound of the zonotope's interval hull (both are sound). With
+``bound="linear"`` the margin also gets the backward linear relaxation of
+:mod:`certify.relaxation` over the domain's interval hull, and the best of all is kept.
 """
 
 from __future__ import annotations
@@ -27,8 +29,23 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from certify import relaxation
 from certify.domains import Domain
 from metaedit import nets
+
+BOUNDS = ("interval", "linear")
+"""Bound kinds: ``interval`` (interval arithmetic for a box, affine arithmetic for a zonotope) and
+``linear`` (that, and the backward linear relaxation, keeping the better margin)."""
+
+
+class BoundError(ValueError):
+    """An unknown bound kind."""
+
+
+def check_bound(bound: str) -> str:
+    if bound not in BOUNDS:
+        raise BoundError(f"bound must be {' or '.join(map(repr, BOUNDS))}, got {bound!r}")
+    return bound
 
 
 class Affine(NamedTuple):
@@ -112,13 +129,19 @@ def _margin_lower(logits: Affine, y: jax.Array) -> jax.Array:
     return jnp.where(others, lower, jnp.inf).min(axis=1)
 
 
-@functools.partial(jax.jit, static_argnames="spec")
-def output_bounds(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array) -> Bounds:
-    """Logit bounds and margin lower bounds over ``domain`` for inputs x [B, ...] with labels y [B] (jitted)."""
-    hull = propagate(spec, domain.hull(), x)
+@functools.partial(jax.jit, static_argnames=("spec", "bound"))
+def output_bounds(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, bound: str = "interval",
+                  slopes=None) -> Bounds:
+    """Logit bounds and margin lower bounds over ``domain`` for inputs x [B, ...] with labels y [B]
+    (jitted); ``slopes`` are the linear relaxation's lower ReLU slopes (see :mod:`certify.relaxation`)."""
+    check_bound(bound)
+    box = domain.hull()
+    hull = propagate(spec, box, x)
     lo, hi, margin = hull.lower(), hull.upper(), _margin_lower(hull, y)
     if domain.rank:
         affine = propagate(spec, domain, x)
         lo, hi = jnp.maximum(lo, affine.lower()), jnp.minimum(hi, affine.upper())
         margin = jnp.maximum(margin, _margin_lower(affine, y))
+    if bound == "linear":
+        margin = jnp.maximum(margin, relaxation.margin_lower(spec, box.center, box.radius, x, y, slopes))
     return Bounds(lo, hi, margin)

@@ -9,12 +9,13 @@ the rate over the data distribution.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.stats import beta
+from scipy.special import betaincinv
 
 from certify.bounds import output_bounds
 from certify.domains import Domain, box_around
@@ -40,10 +41,16 @@ class Constraint(NamedTuple):
     weight: jax.Array | None = None
 
 
-def certified(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, margin_tol: float | None = None) -> jax.Array:
-    """[n] bool: the samples certified over ``domain``."""
+def certified(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, margin_tol: float | None = None,
+              bound: str = "interval") -> jax.Array:
+    """[n] bool: the samples certified over ``domain`` by the ``bound`` kind (:data:`certify.bounds.BOUNDS`)."""
     tol = default_margin_tol(x.dtype) if margin_tol is None else margin_tol
-    return output_bounds(spec, domain, x, y).margin_lo > tol
+    return _certified(spec, domain, x, y, tol, bound)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "tol", "bound"))
+def _certified(spec, domain, x, y, tol, bound):
+    return output_bounds(spec, domain, x, y, bound).margin_lo > tol
 
 
 def weighted_mean(values: jax.Array, weight: jax.Array | None) -> jax.Array:
@@ -59,14 +66,15 @@ def point_certified_accuracy(spec: nets.Spec, params, x, y, margin_tol: float | 
     return float(certified_accuracy(spec, box_around(params), x, y, margin_tol=margin_tol))
 
 
-def certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, margin_tol: float | None = None) -> jax.Array:
+def certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, margin_tol: float | None = None,
+                       bound: str = "interval") -> jax.Array:
     """The (weighted) fraction of certified samples: a hard, piecewise-constant number."""
-    return weighted_mean(certified(spec, domain, x, y, margin_tol).astype(x.dtype), weight)
+    return weighted_mean(certified(spec, domain, x, y, margin_tol, bound).astype(x.dtype), weight)
 
 
 def soft_and_hard_accuracy(spec: nets.Spec, domain: Domain, constraint: "Constraint", temperature: float = 0.1,
                            margin_tol: float | None = None, leak: float = 0.0,
-                           keep_pulling: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                           keep_pulling: jax.Array | None = None, bound: str = "interval") -> tuple[jax.Array, jax.Array]:
     """The constraint's (weighted) certified accuracy, smooth and hard, from one bound propagation.
 
     Smooth: the mean of ``sigmoid(m) + leak * min(m, 0) * keep_pulling`` with ``m = (margin_lo -
@@ -74,7 +82,7 @@ def soft_and_hard_accuracy(spec: nets.Spec, domain: Domain, constraint: "Constra
     pulling back (a plain sigmoid saturates). Hard: the fraction with ``margin_lo > tol``.
     """
     tol = default_margin_tol(constraint.x.dtype) if margin_tol is None else margin_tol
-    margin = output_bounds(spec, domain, constraint.x, constraint.y).margin_lo
+    margin = output_bounds(spec, domain, constraint.x, constraint.y, bound).margin_lo
     scaled = (margin - tol) / temperature
     soft = jax.nn.sigmoid(scaled)
     if keep_pulling is not None:
@@ -83,9 +91,10 @@ def soft_and_hard_accuracy(spec: nets.Spec, domain: Domain, constraint: "Constra
             weighted_mean((margin > tol).astype(margin.dtype), constraint.weight))
 
 
-def per_class_certified_accuracy(spec, domain, x, y, num_classes: int, margin_tol=None) -> np.ndarray:
+def per_class_certified_accuracy(spec, domain, x, y, num_classes: int, margin_tol=None,
+                                 bound: str = "interval") -> np.ndarray:
     """[num_classes] certified accuracy within each class (NaN for a class with no samples)."""
-    hits = np.asarray(certified(spec, domain, x, y, margin_tol))
+    hits = np.asarray(certified(spec, domain, x, y, margin_tol, bound))
     y = np.asarray(y)
     return np.array([hits[y == c].mean() if (y == c).any() else np.nan for c in range(num_classes)])
 
@@ -98,11 +107,13 @@ def clopper_pearson_lower(successes: int, trials: int, confidence: float = 0.95)
         raise CertificateError(f"confidence must lie in (0, 1), got {confidence}")
     if successes <= 0:
         return 0.0
-    return float(beta.ppf(1 - confidence, successes, trials - successes + 1))
+    return float(betaincinv(successes, trials - successes + 1, 1 - confidence))  # the Beta quantile
 
 
 class Certificate(NamedTuple):
-    """What a certificate reports for one constraint."""
+    """What a certificate reports for one constraint. ``holds``: with the ``samples`` guarantee,
+    the certified accuracy on the constraint's samples is >= tau; with ``distribution``, the
+    held-out lower bound is >= tau (:mod:`certify.guarantee`)."""
 
     tau: float
     certified_accuracy: float
@@ -111,13 +122,14 @@ class Certificate(NamedTuple):
     lower_bound: float
     confidence: float
     holds: bool
+    guarantee: str = "samples"
 
 
 def certificate(spec: nets.Spec, domain: Domain, constraint: Constraint, heldout_x, heldout_y,
-                confidence: float = 0.95, margin_tol: float | None = None) -> Certificate:
+                confidence: float = 0.95, margin_tol: float | None = None, bound: str = "interval") -> Certificate:
     """Certified accuracy on the constraint's samples and the held-out Clopper-Pearson lower bound."""
-    cert = float(certified_accuracy(spec, domain, constraint.x, constraint.y, constraint.weight, margin_tol))
-    hits = np.asarray(certified(spec, domain, heldout_x, heldout_y, margin_tol))
+    cert = float(certified_accuracy(spec, domain, constraint.x, constraint.y, constraint.weight, margin_tol, bound))
+    hits = np.asarray(certified(spec, domain, heldout_x, heldout_y, margin_tol, bound))
     return Certificate(
         tau=float(constraint.tau), certified_accuracy=cert,
         heldout_certified_accuracy=float(hits.mean()) if len(hits) else float("nan"),

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from certify import certificates
+from certify import certificates, guarantee
 from certify.certificates import Certificate, CertificateError, Constraint
 from certify.domains import Domain, box_around
 from certify.solver import (LIDConfig, LIDError, LIDProblem, LIDState, domain_of, make_problem, size, solve,
@@ -61,9 +61,9 @@ class LIDResult(NamedTuple):
         return best(self.lids)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "margin_tol"))
-def _hard_accuracies(spec, domain, xs, ys, weights, margin_tol):
-    return jnp.stack([certificates.certified_accuracy(spec, domain, x, y, w, margin_tol)
+@functools.partial(jax.jit, static_argnames=("spec", "margin_tol", "bound"))
+def _hard_accuracies(spec, domain, xs, ys, weights, margin_tol, bound):
+    return jnp.stack([certificates.certified_accuracy(spec, domain, x, y, w, margin_tol, bound)
                       for x, y, w in zip(xs, ys, weights)])
 
 
@@ -77,17 +77,17 @@ def certify_lids(problem: LIDProblem, state: LIDState, constraints: Sequence[Con
     constraints = tuple(constraints)
     if len(heldout) != len(constraints):
         raise LIDError(f"{len(constraints)} constraints but {len(heldout)} held-out sets")
-    tol = problem.config.margin_tol
+    tol, bound = problem.config.margin_tol, problem.config.bound
     xs, ys = tuple(k.x for k in constraints), tuple(k.y for k in constraints)
     weights = tuple(k.weight for k in constraints)
     taus = np.array([float(k.tau) for k in constraints])
 
     def holds(domain):
-        return bool((np.asarray(_hard_accuracies(problem.spec, domain, xs, ys, weights, tol)) >= taus).all())
+        return bool((np.asarray(_hard_accuracies(problem.spec, domain, xs, ys, weights, tol, bound)) >= taus).all())
 
     point = box_around(problem.params)
     if not holds(point):
-        reached = np.asarray(_hard_accuracies(problem.spec, point, xs, ys, weights, tol))
+        reached = np.asarray(_hard_accuracies(problem.spec, point, xs, ys, weights, tol, bound))
         raise LIDError(
             f"the network itself certifies only {np.round(reached, 4).tolist()} of the constraint samples "
             f"(margin > tolerance) against tau {taus.tolist()}: lower tau"
@@ -107,7 +107,7 @@ def certify_lids(problem: LIDProblem, state: LIDState, constraints: Sequence[Con
                 low, high = (middle, high) if holds(domain.scaled(problem.params, middle)) else (low, middle)
             scale = low
             domain = domain.scaled(problem.params, scale)
-        found = tuple(certificates.certificate(problem.spec, domain, k, hx, hy, confidence, tol)
+        found = tuple(certificates.certificate(problem.spec, domain, k, hx, hy, confidence, tol, bound)
                       for k, (hx, hy) in zip(constraints, heldout))
         lids.append(LID(domain, found, float(domain.log_volume()), step, scale))
     return lids
@@ -141,17 +141,21 @@ def certification_rows(n_test: int, cert_samples: int, heldout_samples: int, see
 
 def default_sample_counts(n_test: int, cert_samples: int | None = None,
                           heldout_samples: int | None = None) -> tuple[int, int]:
-    """Certification and held-out sample counts for a test split of ``n_test`` rows: by default
-    ``min(512, n_test // 3)`` and ``min(2000, the rest)``; given counts are kept as they are."""
-    cert = cert_samples if cert_samples is not None else max(1, min(512, n_test // 3))
-    heldout = heldout_samples if heldout_samples is not None else max(1, min(2000, n_test - cert))
+    """Certification and held-out sample counts for a test split of ``n_test`` rows: by default as
+    many as the data allows, ``min(4096, n_test // 2)`` to certify and the rest held out; given
+    counts are kept as they are."""
+    cert = cert_samples if cert_samples is not None else max(1, min(4096, n_test // 2))
+    heldout = heldout_samples if heldout_samples is not None else max(1, n_test - cert)
     return cert, heldout
 
 
 class NetworkLIDs(NamedTuple):
-    """What :func:`for_network` returns: the certified LIDs of the asked kind (``best`` the largest),
-    the test-split rows used to certify them and to bound them, the wall time (solve and certify,
-    the starting box included), and for a zonotope the box result it started from."""
+    """What :func:`for_network` returns: the certified LIDs of the asked kind (``best`` the largest;
+    with the distribution guarantee, the one guaranteed LID), the test-split rows used to certify
+    them and to bound them, the wall time (solve and certify, the starting box included), for a
+    zonotope the box result it started from, the guarantee and confidence, the certified accuracy
+    the solver aimed at on the certification rows, the number of frozen unexercised parameters and
+    the held-out scale test (:class:`certify.guarantee.ScaleTest`, distribution guarantee only)."""
 
     lids: list[LID]
     cert_rows: np.ndarray
@@ -159,26 +163,115 @@ class NetworkLIDs(NamedTuple):
     seconds: float
     start: LIDResult | None = None
     start_seconds: float | None = None
+    guarantee: str = "samples"
+    confidence: float = 0.95
+    target: float = float("nan")
+    frozen: int = 0
+    scale_test: Any = None
 
     @property
     def best(self) -> LID:
         return best(self.lids)
 
 
+def largest_meeting_target(problem: LIDProblem, state: LIDState, constraint: Constraint) -> LID:
+    """The largest of the solver's snapshots and final domain whose hard certified accuracy on the
+    constraint's samples met its tau when taken (the final domain when none did). Uses the
+    certification rows only, and shrinks nothing: the held-out scale test does that."""
+    final, final_volume, snapshot_volumes = _final_and_snapshot_sizes(problem, state)
+    met = float(_hard_accuracies(problem.spec, final, (constraint.x,), (constraint.y,), (constraint.weight,),
+                                 problem.config.margin_tol, problem.config.bound)[0]) >= constraint.tau
+    sizes = {-1: float(final_volume)} if met else {}
+    accuracy, volumes = np.asarray(state.snapshot_accuracy)[:, 0], np.asarray(snapshot_volumes)
+    sizes.update({k: float(volumes[k]) for k in range(problem.config.num_snapshots) if accuracy[k] >= constraint.tau})
+    chosen = max(sizes, key=sizes.get) if sizes else -1
+    if chosen == -1:
+        return LID(final, (), float(final_volume), int(state.step), 1.0)
+    domain = _domain_of(problem, jax.tree.map(lambda s: s[chosen], state.snapshots))
+    return LID(domain, (), float(volumes[chosen]), int((chosen + 1) * problem.config.snapshot_every - 1), 1.0)
+
+
+_domain_of = jax.jit(domain_of)
+
+
+@jax.jit
+def _final_and_snapshot_sizes(problem: LIDProblem, state: LIDState):
+    """The final domain, its log-volume, and the log-volume of every snapshot [K] (one call)."""
+    final = domain_of(problem, state.theta)
+    return final, final.log_volume(), jax.vmap(lambda t: domain_of(problem, t).log_volume())(state.snapshots)
+
+
+def _guaranteed(spec, params, candidate: LID, cert: Constraint, heldout: tuple, tau: float, confidence: float,
+                config: LIDConfig) -> tuple[LID, guarantee.ScaleTest]:
+    """``candidate`` scaled by fixed-sequence testing on the held-out rows (see :mod:`certify.guarantee`)."""
+    hx, hy = heldout
+    test = guarantee.fixed_sequence(spec, candidate.domain, params, hx, hy, tau, confidence, config.bound,
+                                    config.margin_tol)
+    if test.scale is None:
+        raise LIDError(f"no scale of the solved domain keeps the held-out {confidence:.0%} lower bound >= tau {tau} "
+                       f"(at scale {test.tested[0][0]:.4g} it is {test.tested[0][1]:.4f}): lower tau, or hold out "
+                       f"more rows")
+    domain = candidate.domain.scaled(params, test.scale)
+    found = certificates.certificate(spec, domain, cert._replace(tau=tau), hx, hy, confidence, config.margin_tol,
+                                     config.bound)
+    found = found._replace(holds=found.lower_bound >= tau, guarantee="distribution")
+    return LID(domain, (found,), float(domain.log_volume()), candidate.step, candidate.scale * test.scale), test
+
+
 def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, config: LIDConfig,
-                cert_samples: int = 512, heldout_samples: int = 2000, seed: int = 0) -> NetworkLIDs:
-    """Certified LIDs of ``config.domain`` for one network with ``certified accuracy >= tau`` on
-    ``cert_samples`` rows of the test split, bounded on ``heldout_samples`` other rows."""
+                cert_samples: int | None = None, heldout_samples: int | None = None, seed: int = 0,
+                guarantee_kind: str = "distribution", confidence: float = 0.95, solve_margin: float = 0.01,
+                freeze_unexercised: bool = True) -> NetworkLIDs:
+    """Certified LIDs of ``config.domain`` for one network with certified accuracy >= tau.
+
+    ``guarantee_kind="distribution"`` (the default): the held-out Clopper-Pearson bound at
+    ``confidence`` is >= tau (:mod:`certify.guarantee`); the solver aims at the rate that needs on
+    the certification rows plus ``solve_margin``. ``"samples"``: the certified accuracy on the
+    certification rows is >= tau, and the held-out bound is reported. Rows come from the test split
+    (:func:`default_sample_counts`); unexercised first-layer weights are frozen unless
+    ``freeze_unexercised`` is False.
+    """
+    guarantee.check_guarantee(guarantee_kind, confidence)
+    if not 0 < float(tau) <= 1:
+        raise CertificateError(f"tau must lie in (0, 1], got {tau}")
     nets.validate_params(spec, params)
+    cert_samples, heldout_samples = default_sample_counts(len(dataset.y_test), cert_samples, heldout_samples)
     cert_rows, heldout_rows = certification_rows(len(dataset.y_test), cert_samples, heldout_samples, seed)
-    x, y = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-    constraint = Constraint(x[cert_rows], y[cert_rows], float(tau))
-    heldout = [(x[heldout_rows], y[heldout_rows])]
+    x_np, y_np = np.asarray(dataset.x_test), np.asarray(dataset.y_test)
+    x, y = jnp.asarray(x_np[cert_rows]), jnp.asarray(y_np[cert_rows])
     params = jax.tree.map(jnp.asarray, params)
+    heldout = (jnp.asarray(x_np[heldout_rows]), jnp.asarray(y_np[heldout_rows]))
+    mask, frozen = (guarantee.unexercised_mask(spec, params, x) if freeze_unexercised else (None, 0))
+    target = float(tau)
+    if guarantee_kind == "distribution":
+        point = box_around(params)
+        reachable = float(certificates.certified_accuracy(spec, point, x, y, margin_tol=config.margin_tol))
+        own = certificates.certificate(spec, point, Constraint(x, y, float(tau)), *heldout, confidence,
+                                       config.margin_tol)
+        if own.lower_bound < tau:
+            raise LIDError(f"the network itself classifies {own.heldout_certified_accuracy:.4f} of the "
+                           f"{own.heldout_samples} held-out rows correctly; its {confidence:.0%} lower bound "
+                           f"{own.lower_bound:.4f} is below tau {tau}: lower tau, or hold out more rows")
+        target = guarantee.solve_target(float(tau), len(heldout_rows), confidence, solve_margin, reachable)
+    constraint = Constraint(x, y, target)
     started = time.perf_counter()
+
+    def solve_kind(kind_config, start_domain=None):
+        if guarantee_kind == "samples":
+            result = compute(spec, params, [constraint], [heldout], kind_config, mask=mask, start=start_domain)
+            return result.best, result.state, result.lids, None
+        problem = make_problem(spec, params, kind_config, None, mask, start_domain)
+        state = solve_fastest(problem, (constraint,))
+        candidate = largest_meeting_target(problem, state, constraint)
+        kept, test = _guaranteed(spec, params, candidate, constraint, heldout, float(tau), confidence, kind_config)
+        return candidate, state, [kept], test
+
     start, start_seconds = None, None
     if config.domain != "box":
-        start = compute(spec, params, [constraint], heldout, dataclasses.replace(config, domain="box"))
-        start_seconds = time.perf_counter() - started
-    result = compute(spec, params, [constraint], heldout, config, start=None if start is None else start.best.domain)
-    return NetworkLIDs(result.lids, cert_rows, heldout_rows, time.perf_counter() - started, start, start_seconds)
+        box_candidate, box_state, box_lids, _ = solve_kind(dataclasses.replace(config, domain="box"))
+        start, start_seconds = LIDResult(box_lids, box_state), time.perf_counter() - started
+        _, _, lids, test = solve_kind(config, box_candidate.domain)
+    else:
+        _, _, lids, test = solve_kind(config)
+    return NetworkLIDs(lids, cert_rows, heldout_rows, time.perf_counter() - started, start, start_seconds,
+                       guarantee_kind, confidence, target, frozen, test)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from certify import certificates, domains
+from certify import bounds, certificates, domains
 from certify.domains import Domain
 from metaedit import nets
 from metaedit.options import option
@@ -53,9 +53,11 @@ class LIDConfig:
     """
 
     domain: str = option("box", "domain kind", choices=tuple(domains.DOMAINS))
+    bound: str = option("interval", "bound propagation: interval (affine arithmetic for a zonotope) or linear "
+                        "(also the backward linear relaxation, the better margin kept)", choices=bounds.BOUNDS)
     rank: int = option(4, "shared generators of a zonotope")
-    steps: int = option(300, "solver steps")
-    learning_rate: float = option(0.05, "Adam learning rate on the domain's log-widths (cosine-decayed to 1%)")
+    steps: int = option(150, "solver steps")
+    learning_rate: float = option(0.1, "Adam learning rate on the domain's log-widths (cosine-decayed to 1%)")
     init_log_radius: float = option(-7.0, "log half-width every parameter starts from")
     max_log_radius: float = option(0.0, "cap on the log half-widths and generator log-lengths")
     tau_slack: float = option(0.01, "the soft constraint aims at tau + this")
@@ -77,6 +79,8 @@ class LIDConfig:
         for name in ("steps", "snapshot_every", "grow_every"):
             if getattr(self, name) < 1:
                 raise LIDError(f"LIDConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.bound not in bounds.BOUNDS:
+            raise LIDError(f"bound must be {' or '.join(map(repr, bounds.BOUNDS))}, got {self.bound!r}")
         if self.domain == "zonotope" and self.rank < 1:
             raise LIDError(f"a zonotope needs rank >= 1, got {self.rank}")
         for name in ("learning_rate", "temperature", "penalty", "penalty_growth", "dual_step"):
@@ -205,7 +209,7 @@ def _lagrangian(theta, problem: LIDProblem, constraints, multipliers, penalty):
         tol = certificates.default_margin_tol(constraint.x.dtype) if c.margin_tol is None else c.margin_tol
         certifiable = (_point_margin(problem, constraint) > tol).astype(constraint.x.dtype)
         s, h = certificates.soft_and_hard_accuracy(problem.spec, domain, constraint, c.temperature, c.margin_tol,
-                                                   c.leak, certifiable)
+                                                   c.leak, certifiable, c.bound)
         soft.append(s)
         hard.append(h)
     taus = jnp.stack([jnp.asarray(k.tau, penalty.dtype) for k in constraints]) + c.tau_slack

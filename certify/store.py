@@ -31,9 +31,10 @@ class StoredLIDs(NamedTuple):
 
 def save_lids(directory: str | Path, spec: nets.Spec, params: Any, lids: list, dataset: dict,
               cert_rows: np.ndarray, heldout_rows: np.ndarray, margin_tol: float | None = None,
-              extra: dict | None = None) -> None:
-    """Writes the certified ``lids`` (best first) around ``params`` to ``directory``; ``margin_tol`` is
-    the tolerance they were certified with (None: the dtype's default), kept for checking them again."""
+              extra: dict | None = None, bound: str = "interval") -> None:
+    """Writes the certified ``lids`` (best first) around ``params`` to ``directory``; ``margin_tol`` and
+    ``bound`` are the tolerance (None: the dtype's default) and the bound kind they were certified
+    with, kept for checking them again; the guarantee and confidence come from their certificates."""
     ordered = sorted(lids, key=lambda l: -l.log_volume)
     record = {
         "format": LID_FORMAT,
@@ -44,6 +45,9 @@ def save_lids(directory: str | Path, spec: nets.Spec, params: Any, lids: list, d
         "cert_rows": np.asarray(cert_rows).tolist(),
         "heldout_rows": np.asarray(heldout_rows).tolist(),
         "margin_tol": margin_tol,
+        "bound": bound,
+        "guarantee": ordered[0].certificates[0].guarantee,
+        "confidence": ordered[0].certificates[0].confidence,
         "lids": [{
             "step": l.step, "scale": l.scale, "log_volume": l.log_volume,
             "mean_log_width": float(l.domain.mean_log_width()),
@@ -70,24 +74,29 @@ def load_lids(directory: str | Path) -> StoredLIDs:
     return StoredLIDs(spec, tree["params"], [kind.from_tree(t) for t in tree["lids"]], record)
 
 
-def certify_again(stored: StoredLIDs, index: int, x_cert, y_cert, x_heldout, y_heldout,
-                  confidence: float = 0.95) -> list[certificates.Certificate]:
+def certify_again(stored: StoredLIDs, index: int, x_cert, y_cert, x_heldout, y_heldout) -> list[certificates.Certificate]:
     """Recomputes LID ``index``'s certificate for each stored tau on the given samples, with the
-    margin tolerance it was certified with."""
-    taus = [c["tau"] for c in stored.record["lids"][index]["certificates"]]
-    tol = stored.record.get("margin_tol")
-    return [certificates.certificate(stored.spec, stored.domains[index], certificates.Constraint(x_cert, y_cert, tau),
-                                     x_heldout, y_heldout, confidence, tol) for tau in taus]
+    margin tolerance, bound kind, guarantee and confidence it was certified with."""
+    record = stored.record
+    taus = [c["tau"] for c in record["lids"][index]["certificates"]]
+    kind, confidence = record.get("guarantee", "samples"), record.get("confidence", 0.95)
+    found = [certificates.certificate(stored.spec, stored.domains[index], certificates.Constraint(x_cert, y_cert, tau),
+                                      x_heldout, y_heldout, confidence, record.get("margin_tol"),
+                                      record.get("bound", "interval")) for tau in taus]
+    if kind == "distribution":
+        found = [c._replace(holds=c.lower_bound >= c.tau, guarantee=kind) for c in found]
+    return found
 
 
-def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | None = None) -> dict:
+def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | None = None, dataset=None) -> dict:
     """What ``metaedit check`` reports for the LID saved in ``directory``, as a JSON-ready dict.
 
     The best LID's certificate is recomputed on the stored certification and held-out rows of the
     data set it was certified on (``heldout_per_class``: the held-out certified accuracy of each
     class); ``inside`` says whether ``params`` (default: the LID's own network, of architecture
     ``spec``) lie in it. Raises :class:`metaedit.nets.SpecError` when ``spec`` (or the shapes of
-    ``params``) is not the LID's architecture.
+    ``params``) is not the LID's architecture. ``dataset`` (optional) is the data set the LID was
+    certified on, already loaded (by default it is loaded from the record).
     """
     from metaedit.datasets import load_source
 
@@ -100,13 +109,15 @@ def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | No
     else:
         nets.check_shapes(stored.spec, params)
     best = stored.domains[0]
-    dataset = load_source(stored.record["dataset"])
+    dataset = load_source(stored.record["dataset"]) if dataset is None else dataset
     cert_rows, heldout_rows = np.asarray(stored.record["cert_rows"]), np.asarray(stored.record["heldout_rows"])
     found = certify_again(stored, 0, dataset.x_test[cert_rows], dataset.y_test[cert_rows],
                           dataset.x_test[heldout_rows], dataset.y_test[heldout_rows])
     first = found[0]
     per_class = certificates.per_class_certified_accuracy(stored.spec, best, dataset.x_test[heldout_rows],
-                                                          dataset.y_test[heldout_rows], stored.spec.num_classes)
+                                                          dataset.y_test[heldout_rows], stored.spec.num_classes,
+                                                          stored.record.get("margin_tol"),
+                                                          stored.record.get("bound", "interval"))
     return {
         "lid": str(directory),
         "domain": stored.record["domain"],
@@ -118,6 +129,10 @@ def check(directory: str | Path, params: Any | None = None, spec: nets.Spec | No
         "heldout_certified_accuracy": first.heldout_certified_accuracy,
         "heldout_per_class": [None if np.isnan(v) else float(v) for v in per_class],
         "confidence": first.confidence,
+        "guarantee": stored.record.get("guarantee", "samples"),
+        "bound": ("zonotope" if stored.record.get("bound", "interval") == "interval" and stored.record["rank"]
+                  else stored.record.get("bound", "interval")),
+        "frozen_parameters": stored.record.get("frozen_parameters", 0),
         "cert_samples": len(cert_rows),
         "heldout_samples": len(heldout_rows),
         "log_volume": float(best.log_volume()),

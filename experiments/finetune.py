@@ -68,7 +68,7 @@ def one_seed(config: Config, seed: int) -> dict:
     if config.bias == "update":  # room along task B's gradient, from a 64-sample lookahead buffer of task B
         buffer = rng.permutation(len(ya))[:64]
         weights = safe.update_bias(head_spec, head, fb[buffer], ya[buffer])
-    chosen = lid.compute(head_spec, head, [constraint], [(fa_test, ya_test)], LIDConfig(steps=300, snapshot_every=50),
+    chosen = lid.compute(head_spec, head, [constraint], [(fa_test, ya_test)], LIDConfig(steps=300, snapshot_every=50, learning_rate=0.05),
                          bias=weights).best
     record = {"seed": seed, "tau": constraint.tau, "task_a_before": _accuracy(head_spec, head, fa_test, ya_test),
               "task_b_before": _accuracy(head_spec, head, fb_test, ya_test),

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from certify import certificates, lid, store
+from certify import certificates, guarantee, lid, store
 from certify.solver import LIDConfig
 from metaedit import baselines, calibrate, compare, datasets, editor, gmn, nets, report, requirements, zoo
 from metaedit.datasets import Dataset
@@ -54,13 +54,14 @@ class QuickstartConfig:
     lambdas: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 1.0), "trade-off weights the editor is evaluated at")
     target: float | None = option(None, "requirement target (default: the requirement's own: gap 0.05, "
                                         "sparsity 0.9, half the feature groups)")
-    tau: float | None = option(None, "certified accuracy the LID keeps (default: the edited network's own "
-                                     "certified accuracy on the certification samples minus 0.02)")
-    cert_samples: int | None = option(None, "certification samples from the test split (default: min(512, a "
-                                            "third of the test rows))")
-    heldout_samples: int | None = option(None, "held-out samples for the Clopper-Pearson bound (default: "
-                                               "min(2000, the other test rows))")
-    lid_steps: int = option(300, "LID solver steps")
+    tau: float | None = option(None, "certified accuracy the LID guarantees on new data at 95% confidence "
+                                     "(default: the edited network's own certified accuracy on the certification "
+                                     "samples, less 0.03 and the held-out bound's slack)")
+    cert_samples: int | None = option(None, "certification samples from the test split (default: min(4096, half "
+                                            "the test rows))")
+    heldout_samples: int | None = option(None, "held-out samples for the Clopper-Pearson bound (default: the other "
+                                               "test rows)")
+    lid_steps: int = option(150, "LID solver steps")
     seed: int = option(0, "seeds the zoo, the editor and the samples")
     out: str = option("results/quickstart", "output folder (intermediate results in <out>/work)")
     progress: bool = option(True, "show progress bars")
@@ -167,19 +168,29 @@ def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, 
     cert_rows, heldout_rows = lid.certification_rows(len(dataset.y_test), plan.cert_samples, plan.heldout_samples,
                                                      config.seed)
     tau = config.tau
-    if tau is None:
+    if tau is None:  # from the certification rows only: 3 points under the network, less the held-out bound's slack
         point = certificates.point_certified_accuracy(spec, edited, dataset.x_test[cert_rows], dataset.y_test[cert_rows])
-        tau = max(0.01, round(point - 0.02, 3))
+        slack = guarantee.needed_rate(point, len(heldout_rows), 0.95) - point
+        tau = max(0.01, round(point - 0.03 - (slack if np.isfinite(slack) else 0.1), 3))
     bar.update()
-    found = lid.for_network(spec, edited, dataset, tau, plan.lid, plan.cert_samples, plan.heldout_samples, config.seed)
+    fallback = None
+    try:
+        found = lid.for_network(spec, edited, dataset, tau, plan.lid, plan.cert_samples, plan.heldout_samples,
+                                config.seed)
+    except lid.LIDError as error:  # too few held-out rows to guarantee tau for new data: certify the samples
+        fallback = str(error)
+        found = lid.for_network(spec, edited, dataset, tau, plan.lid, plan.cert_samples, plan.heldout_samples,
+                                config.seed, guarantee_kind="samples")
     store.save_lids(work / "lid", spec, edited, found.lids, dataset.source, found.cert_rows, found.heldout_rows,
-                    plan.lid.margin_tol, extra={"solve_seconds": found.seconds, "tau": tau})
+                    plan.lid.margin_tol, bound=plan.lid.bound,
+                    extra={"solve_seconds": found.seconds, "tau": tau, "frozen_parameters": found.frozen,
+                           "fallback": fallback})
     bar.update()
     checked = store.check(work / "lid", edited, spec)
     bar.update()
     bar.close()
     return {"lambda": lam, "value": value, "compliant": plan.requirement.complies(value, plan.target),
-            "params": str(params_file), **checked}
+            "params": str(params_file), "fallback": fallback, **checked}
 
 
 def _write(plan: Plan, trained: zoo.Zoo, rows: list[dict], certified: dict, seconds: dict, out: Path) -> Path:
@@ -200,8 +211,11 @@ def _write(plan: Plan, trained: zoo.Zoo, rows: list[dict], certified: dict, seco
     lid_lines = [
         f"network: held-out network 0 edited at the calibrated lambda {certified['lambda']}: {requirement.name} "
         f"{certified['value']:.4f} ({'compliant' if certified['compliant'] else 'not compliant'} at {plan.target})",
-        f"tau {certified['tau']}: certified accuracy {certified['certified_accuracy']:.4f} on "
-        f"{certified['cert_samples']} certification samples, holds: {certified['holds']}",
+        f"tau {certified['tau']}, guarantee `{certified['guarantee']}` ("
+        + ("the held-out lower bound is >= tau" if certified["guarantee"] == "distribution" else
+           f"on the certification samples; no distribution guarantee: {certified['fallback']}")
+        + f"): certified accuracy {certified['certified_accuracy']:.4f} on {certified['cert_samples']} certification "
+        f"samples, holds: {certified['holds']}",
         f"held-out: {certified['heldout_certified_accuracy']:.4f} on {certified['heldout_samples']} samples; "
         f"{certified['confidence']:.0%} Clopper-Pearson lower bound {certified['certified_accuracy_lower_bound']:.4f}",
         f"`metaedit check --lid {certified['lid']} --params {certified['params']}`: inside {certified['inside']}, "

@@ -22,10 +22,12 @@ import os
 import sys
 from pathlib import Path
 
-from metaedit.cli import certify as certify_commands
-from metaedit.cli import editor as editor_commands
-from metaedit.cli import quickstart as quickstart_commands
-from metaedit.cli import zoo as zoo_commands
+import importlib
+
+GROUPS = {"quickstart": "quickstart", "zoo": "zoo", "info": "zoo", "export": "zoo", "lid": "certify",
+          "check": "certify", "train-editor": "editor", "evaluate": "editor", "edit": "editor"}
+"""Each command and the module of ``metaedit.cli`` that registers it (imported only when needed: the
+editor's modules are slow to import, and ``metaedit lid`` should not wait for them)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,18 +37,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv`` whose command is known, only that command's group is registered."""
     parser = Parser(prog="metaedit", description=__doc__.split("\n")[0],
                                      epilog="\n".join(__doc__.split("\n")[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (quickstart_commands, zoo_commands, certify_commands, editor_commands):
-        group.register(commands)
+    command = next((a for a in argv or () if not a.startswith("-")), None)
+    groups = [GROUPS[command]] if command in GROUPS else list(dict.fromkeys(GROUPS.values()))
+    for group in groups:
+        importlib.import_module(f"metaedit.cli.{group}").register(commands)
     return parser
 
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The exceptions that mean bad input (a one-line message, exit status 2), not a bug."""
+    from certify.bounds import BoundError
     from certify.certificates import CertificateError
     from certify.continual.tasks import ContinualError
     from certify.domains import DomainError
@@ -61,7 +67,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from metaedit.zoo import ZooError
 
     return (DatasetError, SpecError, ZooError, CheckpointError, LIDError, CertificateError, DomainError,
-            EditorTrainingError, EditorError, RequirementError, QuickstartError, ContinualError)
+            EditorTrainingError, EditorError, RequirementError, QuickstartError, ContinualError, BoundError)
 
 
 def use_compilation_cache() -> None:
@@ -75,12 +81,12 @@ def use_compilation_cache() -> None:
         return
     root = Path(os.environ.get("METAEDIT_CACHE", Path.home() / ".cache" / "metaedit"))
     jax.config.update("jax_compilation_cache_dir", str(root / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     except SystemExit as stop:  # --help, or a usage error already printed
         return int(stop.code or 0)
     use_compilation_cache()

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from certify import lid, store
+from certify import guarantee, lid, store
 from certify.certificates import CertificateError
 from certify.solver import LIDConfig
 from metaedit import datasets, nets, zoo
@@ -32,20 +32,26 @@ def _network_and_data(args: argparse.Namespace):
 def _lid_command(args: argparse.Namespace) -> int:
     if not 0 < args.tau <= 1:
         raise CertificateError(f"--tau must lie in (0, 1], got {args.tau}")
+    guarantee.check_guarantee(args.guarantee, args.confidence)
     config = flags.config_from(args, LIDConfig)
     spec, params, dataset = _network_and_data(args)
     n_test = len(dataset.y_test)
     cert, heldout = lid.default_sample_counts(n_test, args.cert_samples, args.heldout_samples)
     chosen = [f"{cert} certification samples" + ("" if args.cert_samples is not None else
-                                                 " (default: min(512, a third))"),
-              f"{heldout} held-out samples" + ("" if args.heldout_samples is not None else
-                                               " (default: min(2000, the rest))")]
-    print(f"{nets.describe(spec)} on {dataset.name}: solving a {config.domain} LID for certified accuracy >= "
-          f"{args.tau} on {' and '.join(chosen)} of the {n_test} test rows ({config.steps} steps)", file=sys.stderr)
-    found = lid.for_network(spec, params, dataset, args.tau, config, cert, heldout, config.seed)
+                                                 " (default: min(4096, half))"),
+              f"{heldout} held-out samples" + ("" if args.heldout_samples is not None else " (default: the rest)")]
+    promise = (f"a {args.confidence:.0%} lower bound >= {args.tau} on new data" if args.guarantee == "distribution"
+               else f">= {args.tau} on the certification samples")
+    print(f"{nets.describe(spec)} on {dataset.name}: solving a {config.domain} LID ({config.bound} bounds) for "
+          f"certified accuracy with {promise}, from {' and '.join(chosen)} of the {n_test} test rows "
+          f"({config.steps} steps)", file=sys.stderr)
+    found = lid.for_network(spec, params, dataset, args.tau, config, cert, heldout, config.seed, args.guarantee,
+                            args.confidence, args.solve_margin)
     store.save_lids(args.out, spec, params, found.lids, dataset.source, found.cert_rows, found.heldout_rows,
-                    config.margin_tol, extra={"solve_seconds": found.seconds, "tau": args.tau})
-    return _print_check(store.check(args.out), args.json)
+                    config.margin_tol, bound=config.bound,
+                    extra={"solve_seconds": found.seconds, "tau": args.tau, "frozen_parameters": found.frozen,
+                           "solve_target": found.target})
+    return _print_check(store.check(args.out, dataset=dataset), args.json)
 
 
 def _check_command(args: argparse.Namespace) -> int:
@@ -61,6 +67,8 @@ def _print_check(summary: dict, as_json: bool) -> int:
     print(f"  params inside            {summary['inside']}")
     print(f"  certified accuracy       {summary['certified_accuracy']:.4f} on {summary['cert_samples']} "
           f"samples (tau {summary['tau']}, holds: {summary['holds']})")
+    print(f"  guarantee                {summary['guarantee']} ({summary['bound']} bounds; "
+          f"{summary['frozen_parameters']} unexercised parameters frozen)")
     print(f"  held-out                 {summary['heldout_certified_accuracy']:.4f} on "
           f"{summary['heldout_samples']} samples; {summary['confidence']:.0%} lower bound "
           f"{summary['certified_accuracy_lower_bound']:.4f}")
@@ -83,10 +91,19 @@ def register(commands) -> None:
     parser.add_argument("--dataset", choices=datasets.SHIPPED,
                         help="the data set of --params (no default: required with --params)")
     parser.add_argument("--tau", type=float, required=True, help="certified accuracy to keep, in (0, 1]")
+    parser.add_argument("--guarantee", choices=guarantee.GUARANTEES, default="distribution",
+                        help="distribution: the Clopper-Pearson lower bound on held-out rows is >= tau (the "
+                             "held-out rows only pick the scale, by fixed-sequence testing); samples: the "
+                             "certified accuracy on the certification samples is >= tau (default: distribution)")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="confidence of the held-out lower bound, in (0, 1) (default: 0.95)")
+    parser.add_argument("--solve-margin", type=float, default=0.01,
+                        help="with the distribution guarantee the solver aims this far above the held-out rate "
+                             "that tau needs (default: 0.01)")
     parser.add_argument("--cert-samples", type=int,
-                        help="certification samples from the test split (default: min(512, a third of the test rows))")
+                        help="certification samples from the test split (default: min(4096, half the test rows))")
     parser.add_argument("--heldout-samples", type=int,
-                        help="held-out samples for the Clopper-Pearson bound (default: min(2000, the other test rows))")
+                        help="held-out samples for the Clopper-Pearson bound (default: the other test rows)")
     flags.add_options(parser, LIDConfig)
     parser.add_argument("--out", required=True, help="directory to write the certified LIDs to")
     parser.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")

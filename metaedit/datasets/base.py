@@ -9,7 +9,6 @@ import importlib.resources
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 
 class DatasetError(ValueError):
@@ -106,4 +105,6 @@ def stratified_split(n: int, y: np.ndarray, test_fraction: float, seed: int) -> 
     """Train and test row indices of ``n`` rows, stratified by the labels ``y`` [n], drawn from ``seed``."""
     if not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    from sklearn.model_selection import train_test_split  # imported here: sklearn is slow to import
+
     return train_test_split(np.arange(n), test_size=test_fraction, random_state=seed, stratify=y)

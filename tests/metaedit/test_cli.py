@@ -104,8 +104,10 @@ def test_export_lid_and_check(small_zoo, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     for key in ("inside", "certified_accuracy", "certified_accuracy_lower_bound", "log_volume"):
         assert key in summary
-    assert summary["inside"] is True and summary["holds"] is True and summary["certified_accuracy"] >= 0.8
-    assert 0 <= summary["certified_accuracy_lower_bound"] <= summary["heldout_certified_accuracy"] <= 1
+    assert summary["inside"] is True and summary["holds"] is True
+    assert summary["guarantee"] == "distribution" and summary["confidence"] == 0.95
+    assert summary["bound"] == "zonotope" and summary["lids"] == 1
+    assert 0.8 <= summary["certified_accuracy_lower_bound"] <= summary["heldout_certified_accuracy"] <= 1
     assert main(["check", "--lid", str(lid_dir), "--params", str(member), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["inside"] is True
     from metaedit import nets
@@ -118,11 +120,23 @@ def test_export_lid_and_check(small_zoo, tmp_path, capsys):
     assert main(["lid", "--params", str(member), "--dataset", "breast_cancer", "--tau", "0.8", "--steps", "20",
                  "--cert-samples", "60", "--heldout-samples", "100", "--out", str(tmp_path / "lid2")]) == 0
     assert "certified accuracy" in capsys.readouterr().out
+    # the sample-level guarantee with linear bounds
+    assert main(["lid", "--params", str(member), "--dataset", "breast_cancer", "--tau", "0.8", "--steps", "20",
+                 "--guarantee", "samples", "--bound", "linear", "--out", str(tmp_path / "lid3"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["guarantee"] == "samples" and summary["bound"] == "linear" and summary["certified_accuracy"] >= 0.8
+    assert summary["cert_samples"] == 85 and summary["heldout_samples"] == 86  # half of the 171 test rows each
 
 
 def test_lid_bad_inputs(small_zoo, tmp_path, capsys):
     assert main(["lid", "--zoo", str(small_zoo), "--tau", "1.5", "--out", str(tmp_path / "x")]) == 2
     assert "--tau must lie in (0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["lid", "--zoo", str(small_zoo), "--tau", "0.8", "--confidence", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "confidence must lie in (0, 1), got 1.0" in capsys.readouterr().err
+    assert main(["lid", "--zoo", str(small_zoo), "--tau", "0.8", "--cert-samples", "100", "--heldout-samples", "100",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "100 certification + 100 held-out samples exceed the 171 test rows" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     assert main(["check", "--lid", str(small_zoo)]) == 2
     assert "does not hold certified LIDs" in capsys.readouterr().err
     assert main(["lid", "--zoo", str(small_zoo), "--member", "9", "--tau", "0.8", "--out", str(tmp_path / "y")]) == 2
