@@ -221,22 +221,28 @@ def _guaranteed(spec, params, candidate: LID, cert: Constraint, heldout: tuple, 
 def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, config: LIDConfig,
                 cert_samples: int | None = None, heldout_samples: int | None = None, seed: int = 0,
                 guarantee_kind: str = "distribution", confidence: float = 0.95, solve_margin: float = 0.01,
-                freeze_unexercised: bool = True) -> NetworkLIDs:
+                freeze_unexercised: bool = True, rows: tuple[np.ndarray, np.ndarray] | None = None) -> NetworkLIDs:
     """Certified LIDs of ``config.domain`` for one network with certified accuracy >= tau.
 
     ``guarantee_kind="distribution"`` (the default): the held-out Clopper-Pearson bound at
     ``confidence`` is >= tau (:mod:`certify.guarantee`); the solver aims at the rate that needs on
     the certification rows plus ``solve_margin``. ``"samples"``: the certified accuracy on the
     certification rows is >= tau, and the held-out bound is reported. Rows come from the test split
-    (:func:`default_sample_counts`); unexercised first-layer weights are frozen unless
+    (:func:`default_sample_counts`), or are given as ``rows = (certification rows, held-out rows)``
+    (disjoint indices of the test split); unexercised first-layer weights are frozen unless
     ``freeze_unexercised`` is False.
     """
     guarantee.check_guarantee(guarantee_kind, confidence)
     if not 0 < float(tau) <= 1:
         raise CertificateError(f"tau must lie in (0, 1], got {tau}")
     nets.validate_params(spec, params)
-    cert_samples, heldout_samples = default_sample_counts(len(dataset.y_test), cert_samples, heldout_samples)
-    cert_rows, heldout_rows = certification_rows(len(dataset.y_test), cert_samples, heldout_samples, seed)
+    if rows is None:
+        cert_samples, heldout_samples = default_sample_counts(len(dataset.y_test), cert_samples, heldout_samples)
+        cert_rows, heldout_rows = certification_rows(len(dataset.y_test), cert_samples, heldout_samples, seed)
+    else:
+        cert_rows, heldout_rows = (np.asarray(r, int) for r in rows)
+        if not len(cert_rows) or not len(heldout_rows) or np.intersect1d(cert_rows, heldout_rows).size:
+            raise CertificateError("rows must be two non-empty, disjoint sets of test rows")
     x_np, y_np = np.asarray(dataset.x_test), np.asarray(dataset.y_test)
     x, y = jnp.asarray(x_np[cert_rows]), jnp.asarray(y_np[cert_rows])
     params = jax.tree.map(jnp.asarray, params)

@@ -1,4 +1,4 @@
-"""Certified LIDs for an Adult MLP and a digits CNN over three values of tau, box against zonotope."""
+"""Certified LIDs for an Adult MLP and a digits CNN over three values of tau: interval, zonotope and linear bounds."""
 
 from experiments import lid
 
