@@ -201,15 +201,24 @@ def _point_margin(problem: LIDProblem, constraint: certificates.Constraint) -> j
     return jax.lax.stop_gradient(true - others.max(axis=1))
 
 
-def _lagrangian(theta, problem: LIDProblem, constraints, multipliers, penalty):
+def certifiable(problem: LIDProblem, constraints) -> tuple[jax.Array, ...]:
+    """Per constraint, [n] 0/1: the samples the network itself classifies with a margin above the
+    tolerance (the ones a lost margin keeps pulling back); constant during a solve."""
+    c = problem.config
+    masks = []
+    for constraint in constraints:
+        tol = certificates.default_margin_tol(constraint.x.dtype) if c.margin_tol is None else c.margin_tol
+        masks.append((_point_margin(problem, constraint) > tol).astype(constraint.x.dtype))
+    return tuple(masks)
+
+
+def _lagrangian(theta, problem: LIDProblem, constraints, pulling, multipliers, penalty):
     c = problem.config
     domain = domain_of(problem, theta)
     soft, hard = [], []
-    for constraint in constraints:
-        tol = certificates.default_margin_tol(constraint.x.dtype) if c.margin_tol is None else c.margin_tol
-        certifiable = (_point_margin(problem, constraint) > tol).astype(constraint.x.dtype)
+    for constraint, keep in zip(constraints, pulling):
         s, h = certificates.soft_and_hard_accuracy(problem.spec, domain, constraint, c.temperature, c.margin_tol,
-                                                   c.leak, certifiable, c.bound)
+                                                   c.leak, keep, c.bound)
         soft.append(s)
         hard.append(h)
     taus = jnp.stack([jnp.asarray(k.tau, penalty.dtype) for k in constraints]) + c.tau_slack
@@ -219,12 +228,16 @@ def _lagrangian(theta, problem: LIDProblem, constraints, multipliers, penalty):
     return -objective + augmented.sum(), (objective, jnp.stack(hard))
 
 
-def update(problem: LIDProblem, state: LIDState, constraints: Sequence[certificates.Constraint]) -> LIDState:
+def update(problem: LIDProblem, state: LIDState, constraints: Sequence[certificates.Constraint],
+           pulling: tuple[jax.Array, ...] | None = None) -> LIDState:
     """One primal-dual step. The snapshot (if due) and ``accuracy`` describe the domain *before*
-    the step (the one the hard accuracies were measured on)."""
+    the step (the one the hard accuracies were measured on). ``pulling``: :func:`certifiable` of the
+    constraints (computed here when not given)."""
     c = problem.config
+    constraints = tuple(constraints)
+    pulling = certifiable(problem, constraints) if pulling is None else pulling
     grads, (objective, hard) = jax.grad(_lagrangian, has_aux=True)(
-        state.theta, problem, tuple(constraints), state.multipliers, state.penalty)
+        state.theta, problem, constraints, pulling, state.multipliers, state.penalty)
     updates, opt_state = _optimizer(c).update(grads, state.opt_state, state.theta)
     taus = jnp.stack([jnp.asarray(k.tau, hard.dtype) for k in constraints])
     violation = jax.lax.stop_gradient(taus - hard)
@@ -251,9 +264,10 @@ def update(problem: LIDProblem, state: LIDState, constraints: Sequence[certifica
 def solve(problem: LIDProblem, constraints: Sequence[certificates.Constraint]) -> LIDState:
     """``config.steps`` updates under ``lax.scan`` from :func:`init` (pure: jit/vmap/grad it)."""
     constraints = tuple(constraints)
+    pulling = certifiable(problem, constraints)  # once, outside the loop
 
     def body(state, _):
-        return update(problem, state, constraints), None
+        return update(problem, state, constraints, pulling), None
 
     state, _ = jax.lax.scan(body, init(problem, len(constraints)), None, length=problem.config.steps)
     return state
@@ -262,6 +276,7 @@ def solve(problem: LIDProblem, constraints: Sequence[certificates.Constraint]) -
 _solve_jit = jax.jit(solve)
 _init_jit = jax.jit(init, static_argnums=1)
 _update_jit = jax.jit(update)
+_certifiable_jit = jax.jit(certifiable)
 
 
 def solve_fastest(problem: LIDProblem, constraints: Sequence[certificates.Constraint]) -> LIDState:
@@ -275,6 +290,7 @@ def solve_fastest(problem: LIDProblem, constraints: Sequence[certificates.Constr
     if not (problem.spec.kind == "cnn" and jax.default_backend() == "cpu"):
         return _solve_jit(problem, constraints)
     state = _init_jit(problem, len(constraints))
+    pulling = _certifiable_jit(problem, constraints)
     for _ in range(problem.config.steps):
-        state = _update_jit(problem, state, constraints)
+        state = _update_jit(problem, state, constraints, pulling)
     return state

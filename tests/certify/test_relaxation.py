@@ -111,3 +111,16 @@ def test_property_linear_bound_random_networks(widths, inputs, classes, log_scal
     y = jax.random.randint(jax.random.fold_in(key, 2), (6,), 0, classes)
     check_linear_sound(spec, random_box(params, 10.0 ** log_scale, seed), x, y, jax.random.fold_in(key, 3),
                        count=200, steps=15)
+
+
+def test_optimised_slopes_are_sound_and_never_worse():
+    spec = nets.MLPSpec((6,), (8, 8), 3)
+    params = nets.init(spec, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (32, 6))
+    y = nets.apply(spec, params, x).argmax(1)
+    box = random_box(params, 0.05, 6)
+    start = relaxation.margin_lower(spec, box.center, box.radius, x, y)
+    tuned = relaxation.optimised_margin(spec, box.center, box.radius, x, y, steps=15)
+    attacked = audit.attacked_margins(spec, box, x, y, jax.random.key(7), steps=20)
+    assert bool((tuned >= start - 1e-6).all()) and bool((tuned > start + 1e-4).any())
+    assert bool((attacked >= tuned - 1e-5).all())
