@@ -221,7 +221,8 @@ def _guaranteed(spec, params, candidate: LID, cert: Constraint, heldout: tuple, 
 def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, config: LIDConfig,
                 cert_samples: int | None = None, heldout_samples: int | None = None, seed: int = 0,
                 guarantee_kind: str = "distribution", confidence: float = 0.95, solve_margin: float = 0.01,
-                freeze_unexercised: bool = True, rows: tuple[np.ndarray, np.ndarray] | None = None) -> NetworkLIDs:
+                freeze_unexercised: bool = True, rows: tuple[np.ndarray, np.ndarray] | None = None,
+                bias: Params | None = None) -> NetworkLIDs:
     """Certified LIDs of ``config.domain`` for one network with certified accuracy >= tau.
 
     ``guarantee_kind="distribution"`` (the default): the held-out Clopper-Pearson bound at
@@ -230,7 +231,7 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
     certification rows is >= tau, and the held-out bound is reported. Rows come from the test split
     (:func:`default_sample_counts`), or are given as ``rows = (certification rows, held-out rows)``
     (disjoint indices of the test split); unexercised first-layer weights are frozen unless
-    ``freeze_unexercised`` is False.
+    ``freeze_unexercised`` is False; ``bias`` (params-shaped, >= 0) weights the size objective.
     """
     guarantee.check_guarantee(guarantee_kind, confidence)
     if not 0 < float(tau) <= 1:
@@ -264,9 +265,9 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
 
     def solve_kind(kind_config, start_domain=None):
         if guarantee_kind == "samples":
-            result = compute(spec, params, [constraint], [heldout], kind_config, mask=mask, start=start_domain)
+            result = compute(spec, params, [constraint], [heldout], kind_config, bias, mask, start_domain)
             return result.best, result.state, result.lids, None
-        problem = make_problem(spec, params, kind_config, None, mask, start_domain)
+        problem = make_problem(spec, params, kind_config, bias, mask, start_domain)
         state = solve_fastest(problem, (constraint,))
         candidate = largest_meeting_target(problem, state, constraint)
         kept, test = _guaranteed(spec, params, candidate, constraint, heldout, float(tau), confidence, kind_config)
