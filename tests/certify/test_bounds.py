@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from certify import bounds, certificates, domains
+from certify import audit, bounds, certificates, domains
 from metaedit import nets
 
 SPECS = [
@@ -43,7 +43,8 @@ def _run(spec, stacked, x):
     return jax.vmap(lambda p: nets.apply(spec, p, x))(stacked)
 
 
-def check_sound(spec, domain, x, y, count=1500, key=jax.random.key(9)):
+def check_sound(spec, domain, x, y, count=1500, key=jax.random.key(9), attack_steps=0):
+    """Sampled (and, with ``attack_steps``, per-sample attacked) logits and margins stay inside the bounds."""
     tol = certificates.default_margin_tol(x.dtype)
     atol = 1e-5 if x.dtype == jnp.float32 else 1e-12
     b = bounds.output_bounds(spec, domain, x, y)
@@ -56,6 +57,10 @@ def check_sound(spec, domain, x, y, count=1500, key=jax.random.key(9)):
     certified = b.margin_lo > tol
     predictions = logits.argmax(-1)
     assert bool((predictions[:, certified] == y[certified]).all()), "a certified sample was misclassified"
+    if attack_steps:
+        attacked = audit.attacked_margins(spec, domain, x, y, jax.random.fold_in(key, 2), attack_steps)
+        assert bool((attacked >= b.margin_lo - atol).all()), "an attacked margin is below its bound"
+        assert not bool(((attacked <= 0) & certified).any()), "an attack misclassified a certified sample"
     return float(certified.mean())
 
 
@@ -68,7 +73,7 @@ def test_sampled_parameters_never_break_the_certificate(spec, kind, dtype):
         x = jax.random.normal(jax.random.key(1), (48,) + spec.input_shape, dtype)
         y = nets.apply(spec, params, x).argmax(1)
         y = y.at[:6].set((y[:6] + 1) % spec.num_classes)  # some wrong labels: never certifiable
-        fractions = [check_sound(spec, make_domain(kind, params, scale, 2), x, y)
+        fractions = [check_sound(spec, make_domain(kind, params, scale, 2), x, y, attack_steps=15 * (scale == 0.03))
                      for scale in (0.001, 0.03, 0.3)]
         assert fractions[0] > 0.3, "the smallest domain should certify many correctly classified samples"
         assert fractions[-1] < fractions[0], "a larger domain should certify fewer samples"
@@ -124,7 +129,7 @@ def test_property_random_networks_domains_inputs(widths, inputs, classes, kind, 
     x = 2 * jax.random.normal(jax.random.fold_in(key, 1), (8, inputs))
     y = jax.random.randint(jax.random.fold_in(key, 2), (8,), 0, classes)
     check_sound(spec, make_domain(kind, params, 10.0 ** log_scale, seed), x, y,
-                count=300, key=jax.random.fold_in(key, 4))
+                count=300, key=jax.random.fold_in(key, 4), attack_steps=10)
 
 
 def test_clopper_pearson():
