@@ -1,7 +1,7 @@
 """certify: locally invariant parameter domains in which a network provably meets a specification.
 
     import certify
-    lids = certify.for_network(spec, params, dataset, tau=0.8, config=certify.LIDConfig(domain="box"))
+    lids = certify.for_network(spec, params, dataset, tau=0.8, config=certify.LIDConfig(domain="box"))  # >= 0.8 on new data
     certify.save_lids("runs/lid", spec, params, lids.lids, dataset.source, lids.cert_rows, lids.heldout_rows)
 
 The names below are the entry points a user needs; each lives in one module (the module paths
@@ -19,7 +19,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "certify.domains": ("Domain", "DomainError", "Box", "Zonotope", "DOMAINS", "box_around", "zonotope_around"),
-    "certify.bounds": ("output_bounds", "Bounds"),
+    "certify.bounds": ("output_bounds", "Bounds", "BOUNDS"),
+    "certify.relaxation": ("margin_lower", "optimised_margin"),
+    "certify.guarantee": ("GUARANTEES", "fixed_sequence", "fixed_sequence_test", "unexercised_mask"),
+    "certify.audit": ("sampled_violations", "attacked_margins"),
     "certify.certificates": ("Constraint", "Certificate", "CertificateError", "certificate", "certified",
                              "certified_accuracy", "point_certified_accuracy", "clopper_pearson_lower"),
     "certify.solver": ("LIDConfig", "LIDError", "LIDProblem", "LIDState", "make_problem", "solve"),
