@@ -1,7 +1,8 @@
 """certify: locally invariant parameter domains in which a network provably meets a specification.
 
     import certify
-    lids = certify.for_network(spec, params, dataset, tau=0.8, config=certify.LIDConfig(domain="box"))  # >= 0.8 on new data
+    # certified accuracy >= 0.8 on new data, at 95% confidence
+    lids = certify.for_network(spec, params, dataset, tau=0.8, config=certify.LIDConfig(domain="box"))
     certify.save_lids("runs/lid", spec, params, lids.lids, dataset.source, lids.cert_rows, lids.heldout_rows)
 
 The names below are the entry points a user needs; each lives in one module (the module paths

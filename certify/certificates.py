@@ -74,7 +74,8 @@ def certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, margi
 
 def soft_and_hard_accuracy(spec: nets.Spec, domain: Domain, constraint: "Constraint", temperature: float = 0.1,
                            margin_tol: float | None = None, leak: float = 0.0,
-                           keep_pulling: jax.Array | None = None, bound: str = "interval") -> tuple[jax.Array, jax.Array]:
+                           keep_pulling: jax.Array | None = None,
+                           bound: str = "interval") -> tuple[jax.Array, jax.Array]:
     """The constraint's (weighted) certified accuracy, smooth and hard, from one bound propagation.
 
     Smooth: the mean of ``sigmoid(m) + leak * min(m, 0) * keep_pulling`` with ``m = (margin_lo -

@@ -74,7 +74,8 @@ def load_lids(directory: str | Path) -> StoredLIDs:
     return StoredLIDs(spec, tree["params"], [kind.from_tree(t) for t in tree["lids"]], record)
 
 
-def certify_again(stored: StoredLIDs, index: int, x_cert, y_cert, x_heldout, y_heldout) -> list[certificates.Certificate]:
+def certify_again(stored: StoredLIDs, index: int, x_cert, y_cert, x_heldout,
+                  y_heldout) -> list[certificates.Certificate]:
     """Recomputes LID ``index``'s certificate for each stored tau on the given samples, with the
     margin tolerance, bound kind, guarantee and confidence it was certified with."""
     record = stored.record

@@ -4,7 +4,8 @@
 
 Loads the LID that ``metaedit lid`` wrote and takes every certification and held-out row that is
 certified, as issued (float32) or by the same bound recomputed in float64 when asked (rounding
-tolerance 1e-9); then, running the network in that precision, it looks for a counterexample: ``--samples`` parameter vectors drawn in the
+tolerance 1e-9); then, running the network in that precision, it looks for a counterexample:
+``--samples`` parameter vectors drawn in the
 domain (half uniform in its symbols, half vertices) and, for every certified row, projected gradient
 descent on that row's margin inside the domain (:mod:`certify.audit`). Prints one JSON object; any
 ``violations`` would mean a bound is unsound.

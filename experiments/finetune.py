@@ -110,7 +110,8 @@ def one_seed(config: Config, seed: int) -> list[dict]:
     records = []
     for delta in config.deltas:
         tau = safe.tau_rule(point, delta, config.tau_max)
-        found = lid.for_network(head_spec, head, features, tau, LIDConfig(max_log_radius=config.max_log_radius, bound=config.bound), seed=seed,
+        solver = LIDConfig(max_log_radius=config.max_log_radius, bound=config.bound)
+        found = lid.for_network(head_spec, head, features, tau, solver, seed=seed,
                                 bias=weights)
         (certificate,) = found.best.certificates
         curve = fine_tune(found.best.domain)

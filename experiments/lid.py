@@ -134,8 +134,9 @@ def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
         for tau in sorted({r["tau"] for r in rows if r["network"] == network}):
             by = {r["bound"]: r for r in rows if r["network"] == network and r["tau"] == tau}
             if "interval" in by:
-                gains.append(f"{network}, tau {tau:.3f}: mean log-width, interval {by['interval']['mean_log_width']:.3f}"
-                             + "".join(f", {k} {by[k]['mean_log_width']:.3f} ({by[k]['mean_log_width'] - by['interval']['mean_log_width']:+.3f})"
+                base = by["interval"]["mean_log_width"]
+                gains.append(f"{network}, tau {tau:.3f}: mean log-width, interval {base:.3f}"
+                             + "".join(f", {k} {by[k]['mean_log_width']:.3f} ({by[k]['mean_log_width'] - base:+.3f})"
                                        for k in names[1:] if k in by))
     return (report.Report("Certified LIDs: interval, zonotope and linear-relaxation bounds")
             .paragraph("Produced by `python -m experiments.run --config lid`. Each row: the guaranteed LID of member 0 "

@@ -66,7 +66,8 @@ class SafeConfig:
     meta_learning_rate: float = option(0.03, "learning rate of the learnt bias")
     strategy: str = option("largest", "how one of the certified snapshots is picked", choices=STRATEGIES)
     bias: str = option("none", "bias weights of the LID's size objective", choices=BIASES)
-    lid: LIDConfig = option(LIDConfig(steps=200, snapshot_every=40, learning_rate=0.05), "the LID solver's settings (a box)", flag=False)
+    lid: LIDConfig = option(LIDConfig(steps=200, snapshot_every=40, learning_rate=0.05),
+                            "the LID solver's settings (a box)", flag=False)
     seed: int = option(0, "seeds the network, the samples and the batches")
 
     def __post_init__(self):
