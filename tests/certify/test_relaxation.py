@@ -38,9 +38,10 @@ def check_linear_sound(spec, box, x, y, key, count=400, steps=20):
     return float(certified.mean())
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("spec", SPECS, ids=nets.describe)
-def test_linear_bound_is_sound_and_never_looser(spec, dtype):
+def test_linear_bound_is_sound_and_never_looser(spec, dtype=jnp.float64):
+    """In float64, the tightest tolerance (float32 is covered by the property test below and by the
+    audited LIDs of ``test_guarantee``)."""
     with jax.enable_x64(dtype == jnp.float64):
         params = jax.tree.map(lambda p: p.astype(dtype), nets.init(spec, jax.random.key(0)))
         x = jax.random.normal(jax.random.key(1), (24,) + spec.input_shape, dtype)
@@ -48,8 +49,7 @@ def test_linear_bound_is_sound_and_never_looser(spec, dtype):
         y = y.at[:3].set((y[:3] + 1) % spec.num_classes)
         for scale in (0.003, 0.03):
             box = random_box(params, scale, 2)
-            attack = 20 if scale == 0.03 and dtype == jnp.float64 else 0  # float64: the tightest tolerance
-            check_linear_sound(spec, box, x, y, jax.random.key(3), steps=attack)
+            check_linear_sound(spec, box, x, y, jax.random.key(3), steps=20 if scale == 0.03 else 0)
             linear = bounds.output_bounds(spec, box, x, y, "linear").margin_lo
             interval = bounds.output_bounds(spec, box, x, y).margin_lo
             assert bool((linear >= interval).all()) and linear.dtype == dtype
