@@ -241,9 +241,13 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
         cert_samples, heldout_samples = default_sample_counts(len(dataset.y_test), cert_samples, heldout_samples)
         cert_rows, heldout_rows = certification_rows(len(dataset.y_test), cert_samples, heldout_samples, seed)
     else:
-        cert_rows, heldout_rows = (np.asarray(r, int) for r in rows)
+        cert_rows, heldout_rows = (np.asarray(r, int).reshape(-1) for r in rows)
         if not len(cert_rows) or not len(heldout_rows) or np.intersect1d(cert_rows, heldout_rows).size:
             raise CertificateError("rows must be two non-empty, disjoint sets of test rows")
+        everything = np.concatenate([cert_rows, heldout_rows])
+        if everything.min() < 0 or everything.max() >= len(dataset.y_test):
+            raise CertificateError(f"rows must index the {len(dataset.y_test)} test rows; got "
+                                   f"{everything.min()} .. {everything.max()}")
     x_np, y_np = np.asarray(dataset.x_test), np.asarray(dataset.y_test)
     x, y = jnp.asarray(x_np[cert_rows]), jnp.asarray(y_np[cert_rows])
     params = jax.tree.map(jnp.asarray, params)

@@ -126,3 +126,7 @@ def test_bad_guarantee_inputs(trained):
         lid.for_network(SPEC, params, data, 0.8, FAST, 1000, 1000)
     with pytest.raises(lid.LIDError, match="the network itself classifies .* lower tau"):
         lid.for_network(SPEC, params, data, 1.0, FAST)
+    with pytest.raises(CertificateError, match="two non-empty, disjoint sets"):
+        lid.for_network(SPEC, params, data, 0.8, FAST, rows=(np.arange(10), np.arange(5, 20)))
+    with pytest.raises(CertificateError, match="must index the 1200 test rows; got 0 .. 1200"):
+        lid.for_network(SPEC, params, data, 0.8, FAST, rows=(np.arange(10), np.array([1200])))
