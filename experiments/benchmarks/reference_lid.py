@@ -57,7 +57,9 @@ positive. The multiplier therefore never leaves 0, the penalty coefficient is re
 initial value at every step (the constraint always looks feasible to the updater), and the primal lr
 factor only ever grows (x1.1 on every step whose minibatch meets ``tau``, up to 20x). In effect the
 augmented Lagrangian is the fixed quadratic penalty ``rho/2 * relu(-surrogate)^2`` with ``rho = 1``.
-We run the full Cooper machinery anyway, so any change in that behaviour would show.
+Cooper's updates are written out here in torch (no ``cooper-optim`` dependency): when this module
+was written, the same steps run through Cooper 1.0.1 gave a bit-identical box (largest difference
+0.0).
 
 What we had to choose
 ---------------------
@@ -71,9 +73,8 @@ What we had to choose
   overheads; tqdm and printing are left out. Timing is torch on CPU with the default thread count;
   ``seconds_per_step`` is the median of the per-step wall times after ``warmup`` steps (the median,
   not the mean, because a shared CPU makes single steps spike by 10-100x).
-* ``backend="torch"`` replaces Cooper with the same updates written out directly in torch (for
-  environments without ``cooper-optim``; the two give identical boxes). ``loader="indexed"`` draws
-  the same minibatches as the ``DataLoader`` by indexing, without per-sample collation.
+* ``loader="indexed"`` draws the same minibatches as the ``DataLoader`` by indexing, without
+  per-sample collation.
 * ``seed`` seeds both data generators (the reference's default seed is 42).
 """
 
@@ -341,44 +342,6 @@ def _schedules(primal_optimizer, dual_optimizer, problem: _Problem):
             torch.optim.lr_scheduler.LambdaLR(dual_optimizer, lambda _: 1 / factor[0]))
 
 
-def _cooper_stepper(problem: _Problem, box: _Box, primal_lr: float, dual_lr: float,
-                    penalty_coefficient: float) -> tuple[Callable[[], _State], list]:
-    import cooper
-
-    class CMP(cooper.ConstrainedMinimizationProblem):
-        def __init__(self):
-            super().__init__()
-            self.penalty_updater = cooper.penalty_coefficients.MultiplicativePenaltyCoefficientUpdater(
-                growth_factor=1.01, violation_tolerance=0.05)
-            self.accuracy = cooper.Constraint(
-                constraint_type=cooper.ConstraintType.INEQUALITY,
-                formulation_type=cooper.formulations.AugmentedLagrangian,
-                multiplier=cooper.multipliers.DenseMultiplier(init=torch.zeros(1)),
-                penalty_coefficient=cooper.penalty_coefficients.DensePenaltyCoefficient(
-                    init=torch.tensor(float(penalty_coefficient))))
-
-        def compute_cmp_state(self) -> cooper.CMPState:
-            state = problem.state()
-            observed = {self.accuracy: cooper.ConstraintState(violation=state.violation,
-                                                              strict_violation=state.strict_violation)}
-            self.penalty_updater.step(observed)
-            self.accuracy.penalty_coefficient.value.clamp_(max=1e3)
-            self.last = state
-            return cooper.CMPState(loss=state.loss, observed_constraints=observed)
-
-    cmp = CMP()
-    primal = torch.optim.Adam([*box.lo, *box.hi], lr=primal_lr / box.n_params)
-    dual = torch.optim.SGD(cmp.dual_parameters(), lr=dual_lr, maximize=True)
-    optimizer = cooper.optim.AlternatingDualPrimalOptimizer(cmp=cmp, primal_optimizers=primal,
-                                                            dual_optimizers=dual)
-
-    def step() -> _State:
-        optimizer.roll()
-        return cmp.last
-
-    return step, [primal, dual]
-
-
 def _torch_stepper(problem: _Problem, box: _Box, primal_lr: float, dual_lr: float,
                    penalty_coefficient: float) -> tuple[Callable[[], _State], list]:
     """The same updates as Cooper's AlternatingDualPrimalOptimizer + AugmentedLagrangian, written out."""
@@ -413,27 +376,15 @@ def _torch_stepper(problem: _Problem, box: _Box, primal_lr: float, dual_lr: floa
     return step, [primal, dual]
 
 
-def _cooper_available() -> bool:
-    try:
-        import cooper  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def solve_reference(params: dict, x: np.ndarray, y: np.ndarray, tau: float, steps: int, seed: int = 0, *,
                     batch_size: int = 500, certificate_samples: int = 1000, primal_learning_rate: float = 0.1,
                     dual_learning_rate: float = 0.1, penalty_coefficient: float = 1.0, use_schedule: bool = True,
                     init_bbox: float = 0.0, obj_alpha: float = 0.0, warmup: int = 5, validate: bool = True,
-                    backend: str | None = None, loader: str = "dataloader") -> ReferenceResult:
+                    loader: str = "dataloader") -> ReferenceResult:
     """The reference's box ("Rashomon set") around an MLP's params certifying accuracy >= tau on (x, y).
 
     params: ``{"dense_i": {"kernel": [in, out], "bias": [out]}}`` (float32); x [n, in]; y [n] int labels.
-    Keyword arguments default to the reference's defaults; ``backend`` is ``"cooper"`` (the default
-    when ``cooper-optim`` is installed) or ``"torch"`` (the same updates without Cooper)."""
-    backend = backend or ("cooper" if _cooper_available() else "torch")
-    if backend not in ("cooper", "torch"):
-        raise ValueError(f"backend must be 'cooper' or 'torch', got {backend!r}")
+    Keyword arguments default to the reference's defaults."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     x_all = torch.tensor(np.array(x, np.float32)).reshape(len(x), -1)
@@ -479,8 +430,8 @@ def solve_reference(params: dict, x: np.ndarray, y: np.ndarray, tau: float, step
 
     batches = _Batches(x_all, onehot_all, batch_size, seed, loader)
     problem = _Problem(box, batches, tau, temperature, obj_alpha, validate)
-    make = _cooper_stepper if backend == "cooper" else _torch_stepper
-    step, (primal, dual) = make(problem, box, primal_learning_rate, dual_learning_rate, penalty_coefficient)
+    step, (primal, dual) = _torch_stepper(problem, box, primal_learning_rate, dual_learning_rate,
+                                          penalty_coefficient)
     schedules = _schedules(primal, dual, problem)
 
     times = []
