@@ -9,14 +9,17 @@ parameter vector of the domain misclassifies would show a bound to be unsound.
   ``logit_y - max_{k != y} logit_k`` over the domain, in the domain's symbols ``e, z in [-1, 1]``
   (so the projection is a clip for boxes and zonotopes alike), from the centre and from a random
   vertex; the smallest margin met is returned.
+* :func:`audit_certified`: both, on the certified rows of a data set.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from certify.domains import Domain
 from metaedit import nets
@@ -92,3 +95,32 @@ def attacked_margins(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array
 @functools.partial(jax.jit, static_argnames=("spec", "steps"))
 def _attack(spec, zonotope, x, y, keys, steps):
     return jax.vmap(lambda xi, yi, k: _attack_one(spec, zonotope, xi, yi, k, steps))(x, y, keys)
+
+
+class Audit(NamedTuple):
+    """What :func:`audit_certified` found: certified rows misclassified by a sampled parameter vector,
+    rows attacked, attacked rows misclassified, and the smallest margin the attack met."""
+
+    sampled_violations: int
+    attacked_rows: int
+    attack_violations: int
+    smallest_attacked_margin: float
+
+    @property
+    def violations(self) -> int:
+        return self.sampled_violations + self.attack_violations
+
+
+def audit_certified(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, certified: np.ndarray,
+                    samples: int, sample_key: jax.Array, attack_key: jax.Array, attack_steps: int = 40,
+                    attack_rows: int | None = None) -> Audit:
+    """Looks for a counterexample among the rows of x [B, ...], y [B] marked ``certified`` [B]:
+    ``samples`` uniform parameter vectors and ``samples`` vertices of ``domain``
+    (:func:`sampled_violations`), and the attack (:func:`attacked_margins`) on the first
+    ``attack_rows`` of them (all by default)."""
+    rows = np.flatnonzero(np.asarray(certified))
+    wrong = np.asarray(sampled_violations(spec, domain, x[rows], y[rows], samples, sample_key))
+    attacked = rows[:attack_rows]
+    margins = np.asarray(attacked_margins(spec, domain, x[attacked], y[attacked], attack_key, attack_steps))
+    return Audit(int(wrong.sum()), len(attacked), int((margins <= 0).sum()),
+                 float(margins.min()) if len(margins) else float("inf"))

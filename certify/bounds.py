@@ -72,7 +72,7 @@ class Bounds(NamedTuple):
 
 def _linear(layer: nets.Layer, a: Affine, wc, g, d, bc, gb, db) -> Affine:
     """One dense or conv layer (see the module docstring). g: [r, *kernel], gb: [r, out]."""
-    op = (lambda x, w: x @ w) if layer.kind == "dense" else nets.conv  # noqa: E731
+    op = nets.linear_map(layer)
     rank, out = g.shape[0], wc.shape[-1]
     abs_a, abs_g = jnp.abs(a.coefs).sum(-1), jnp.abs(g).sum(0)
     center = op(a.center, wc) + bc

@@ -144,7 +144,7 @@ def _unexercised_mask(spec, params, x):
     first = nets.layers(spec)[0]
     inputs = jnp.abs(x.reshape(x.shape[0], -1) if isinstance(spec, nets.MLPSpec) else x)
     kernel = params[first.name]["kernel"]
-    op = (lambda h, w: h @ w) if first.kind == "dense" else nets.conv  # noqa: E731
+    op = nets.linear_map(first)
     use = jax.grad(lambda w: op(inputs, w).sum())(jnp.zeros_like(kernel))  # sum of |input| each weight multiplies
     mask = jax.tree.map(jnp.ones_like, params)
     mask[first.name] = {**mask[first.name], "kernel": (use > 0).astype(kernel.dtype)}

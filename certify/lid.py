@@ -93,7 +93,7 @@ def certify_lids(problem: LIDProblem, state: LIDState, constraints: Sequence[Con
             f"(margin > tolerance) against tau {taus.tolist()}: lower tau"
         )
     candidates = [(0, start_domain(problem))] + [
-        (int((k + 1) * problem.config.snapshot_every - 1),
+        (snapshot_step(problem.config, k),
          domain_of(problem, jax.tree.map(lambda s, k=k: s[k], state.snapshots)))
         for k in range(problem.config.num_snapshots)]
     candidates.append((int(state.step), domain_of(problem, state.theta)))
@@ -111,6 +111,11 @@ def certify_lids(problem: LIDProblem, state: LIDState, constraints: Sequence[Con
                       for k, (hx, hy) in zip(constraints, heldout))
         lids.append(LID(domain, found, float(domain.log_volume()), step, scale))
     return lids
+
+
+def snapshot_step(config: LIDConfig, k: int) -> int:
+    """The solver step at which snapshot k was taken."""
+    return int((k + 1) * config.snapshot_every - 1)
 
 
 def best(lids: Sequence[LID]) -> LID:
@@ -188,7 +193,7 @@ def largest_meeting_target(problem: LIDProblem, state: LIDState, constraint: Con
     if chosen == -1:
         return LID(final, (), float(final_volume), int(state.step), 1.0)
     domain = _domain_of(problem, jax.tree.map(lambda s: s[chosen], state.snapshots))
-    return LID(domain, (), float(volumes[chosen]), int((chosen + 1) * problem.config.snapshot_every - 1), 1.0)
+    return LID(domain, (), float(volumes[chosen]), snapshot_step(problem.config, chosen), 1.0)
 
 
 _domain_of = jax.jit(domain_of)
@@ -255,15 +260,14 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
     mask, frozen = (guarantee.unexercised_mask(spec, params, x) if freeze_unexercised else (None, 0))
     target = float(tau)
     if guarantee_kind == "distribution":
-        point = box_around(params)
-        reachable = float(certificates.certified_accuracy(spec, point, x, y, margin_tol=config.margin_tol))
-        own = certificates.certificate(spec, point, Constraint(x, y, float(tau)), *heldout, confidence,
-                                       config.margin_tol)
+        own = certificates.certificate(spec, box_around(params), Constraint(x, y, float(tau)), *heldout,
+                                       confidence, config.margin_tol)
         if own.lower_bound < tau:
             raise LIDError(f"the network itself classifies {own.heldout_certified_accuracy:.4f} of the "
                            f"{own.heldout_samples} held-out rows correctly; its {confidence:.0%} lower bound "
                            f"{own.lower_bound:.4f} is below tau {tau}: lower tau, or hold out more rows")
-        target = guarantee.solve_target(float(tau), len(heldout_rows), confidence, solve_margin, reachable)
+        target = guarantee.solve_target(float(tau), len(heldout_rows), confidence, solve_margin,
+                                        own.certified_accuracy)
     constraint = Constraint(x, y, target)
     started = time.perf_counter()
 

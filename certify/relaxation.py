@@ -45,13 +45,9 @@ class Interval(NamedTuple):
     radius: jax.Array
 
 
-def _op(layer: nets.Layer):
-    return (lambda h, w: h @ w) if layer.kind == "dense" else nets.conv
-
-
 def _layer_interval(layer, h: Interval, wc, wr, bc, br) -> Interval:
     """Interval arithmetic of one layer with interval weights (midpoint-radius form)."""
-    op = _op(layer)
+    op = nets.linear_map(layer)
     return Interval(op(h.center, wc) + bc, op(h.radius, jnp.abs(wc) + wr) + op(jnp.abs(h.center), wr) + br)
 
 
@@ -78,7 +74,7 @@ def _concentrate(coef: jax.Array, h: Interval | jax.Array, layer, wr, bc, br) ->
     """[B, S] the weight and bias terms of ``coef . (h * W + b)`` at their worst, for coef [B, S, *out]
     and the layer input h [B, *in] (an interval, or a point for the first layer)."""
     spread = jnp.abs(h) if not isinstance(h, Interval) else jnp.abs(h.center) + h.radius
-    worst = _op(layer)(spread, wr) + br
+    worst = nets.linear_map(layer)(spread, wr) + br
     axes = tuple(range(2, coef.ndim))
     return (coef * bc).sum(axes) - _sum(jnp.abs(coef), worst)
 
@@ -108,7 +104,7 @@ def _backward(spec, layers, upto: int, coef: jax.Array, inputs, pre, center, rad
         wc, wr = center[layer.name]["kernel"], radius[layer.name]["kernel"]
         bc, br = center[layer.name]["bias"], radius[layer.name]["bias"]
         if i == 0:
-            return constant + _concentrate(coef, x, layer, wr, bc, br) + _sum(coef, _op(layer)(x, wc))
+            return constant + _concentrate(coef, x, layer, wr, bc, br) + _sum(coef, nets.linear_map(layer)(x, wc))
         h = inputs[i]
         constant = constant + _concentrate(coef, h, layer, wr, bc, br)
         coef = _transpose(layer, wc, coef, h.center.shape[1:])

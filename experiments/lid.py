@@ -57,10 +57,9 @@ class Config:
 def audited(spec, domain, x, y, bound, config: Config, seed: int) -> tuple[int, int]:
     """(certified held-out rows that a sampled or attacked network misclassifies, rows attacked)."""
     hits = np.asarray(certificates.certified(spec, domain, x, y, bound=bound))
-    wrong = np.asarray(audit.sampled_violations(spec, domain, x, y, config.audit_samples, jax.random.key(seed)))
-    rows = np.flatnonzero(hits)[:config.attack_rows]
-    attacked = np.asarray(audit.attacked_margins(spec, domain, x[rows], y[rows], jax.random.key(seed + 1)))
-    return int((wrong & hits).sum() + (attacked <= 0).sum()), len(rows)
+    found = audit.audit_certified(spec, domain, x, y, hits, config.audit_samples, jax.random.key(seed),
+                                  jax.random.key(seed + 1), attack_rows=config.attack_rows)
+    return found.violations, found.attacked_rows
 
 
 def run(config: Config) -> dict[str, list[dict]]:

@@ -206,6 +206,11 @@ def features(spec: "CNNSpec", params: Params, x: jax.Array) -> jax.Array:
     return h.mean(axis=tuple(range(1, 1 + spec.spatial_rank)))
 
 
+def linear_map(layer: Layer):
+    """The layer's linear map ``(h, kernel) -> h * kernel``: a matrix product (dense) or :func:`conv`."""
+    return (lambda h, kernel: h @ kernel) if layer.kind == "dense" else conv
+
+
 def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """'same'-padded stride-1 convolution: x [B, *spatial, c_in], kernel [*window, c_in, c_out]."""
     rank = kernel.ndim - 2

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from certify import audit, certificates, guarantee, lid
@@ -11,6 +10,7 @@ from certify.certificates import CertificateError
 from certify.lid import LIDConfig
 from metaedit import nets
 from metaedit.datasets.base import Dataset
+from tests.fitting import fit
 
 SPEC = nets.MLPSpec((5,), (6,), 2)
 FAST = LIDConfig(steps=60, snapshot_every=20, learning_rate=0.2, init_log_radius=-3.0)
@@ -26,18 +26,7 @@ def draw(key, n):
 def trained():
     x, y = draw(jax.random.key(0), 600)
     x_test, y_test = draw(jax.random.key(1), 1200)
-    params = nets.init(SPEC, jax.random.key(1))
-    tx = optax.adam(0.05)
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state):
-        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(nets.apply(SPEC, p, x), y).mean()  # noqa: E731
-        updates, state = tx.update(jax.grad(loss)(params), state)
-        return optax.apply_updates(params, updates), state
-
-    for _ in range(300):
-        params, state = step(params, state)
+    params = fit(SPEC, x, y, jax.random.key(1))
     return params, Dataset("synthetic", x, y, x_test, y_test, 2)
 
 

@@ -11,6 +11,7 @@ import pytest
 from certify import certificates, domains, lid, project
 from certify.lid import LIDConfig, LIDError
 from metaedit import nets
+from tests.fitting import fit
 
 SPEC = nets.MLPSpec((4,), (6,), 2)
 FAST = LIDConfig(steps=60, snapshot_every=20, learning_rate=0.2, init_log_radius=-3.0)
@@ -22,18 +23,7 @@ def problem_data():
     key = jax.random.key(0)
     x = jax.random.normal(key, (400, 4))
     y = (x @ jnp.array([1.0, -1.0, 0.5, 0.0]) > 0).astype(jnp.int32)
-    params = nets.init(SPEC, jax.random.key(1))
-    tx = optax.adam(0.05)
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state):
-        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(nets.apply(SPEC, p, x), y).mean()  # noqa: E731
-        updates, state = tx.update(jax.grad(loss)(params), state)
-        return optax.apply_updates(params, updates), state
-
-    for _ in range(300):
-        params, state = step(params, state)
+    params = fit(SPEC, x, y, jax.random.key(1))
     accuracy = float((nets.apply(SPEC, params, x).argmax(1) == y).mean())
     assert accuracy > 0.95
     constraint = certificates.Constraint(x[:200], y[:200], 0.9)
