@@ -34,8 +34,8 @@ from metaedit.datasets import Dataset
 Params = Any
 
 __all__ = ["LID", "LIDResult", "NetworkLIDs", "LIDConfig", "LIDError", "LIDProblem", "LIDState", "best",
-           "certify_lids", "compute", "for_network", "certification_rows", "make_problem", "solve", "size",
-           "domain_of"]
+           "certify_lids", "compute", "for_network", "guaranteed", "largest_meeting_target", "certification_rows",
+           "make_problem", "solve", "size", "domain_of"]
 
 
 class LID(NamedTuple):
@@ -206,9 +206,10 @@ def _final_and_snapshot_sizes(problem: LIDProblem, state: LIDState):
     return final, final.log_volume(), jax.vmap(lambda t: domain_of(problem, t).log_volume())(state.snapshots)
 
 
-def _guaranteed(spec, params, candidate: LID, cert: Constraint, heldout: tuple, tau: float, confidence: float,
-                config: LIDConfig) -> tuple[LID, guarantee.ScaleTest]:
-    """``candidate`` scaled by fixed-sequence testing on the held-out rows (see :mod:`certify.guarantee`)."""
+def guaranteed(spec, params, candidate: LID, cert: Constraint, heldout: tuple, tau: float, confidence: float,
+               config: LIDConfig) -> tuple[LID, guarantee.ScaleTest]:
+    """``candidate`` scaled towards ``params`` (a point inside it) by fixed-sequence testing on the
+    held-out rows ``heldout = (x, y)`` (see :mod:`certify.guarantee`); an LIDError when no scale passes."""
     hx, hy = heldout
     test = guarantee.fixed_sequence(spec, candidate.domain, params, hx, hy, tau, confidence, config.bound,
                                     config.margin_tol)
@@ -227,7 +228,7 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
                 cert_samples: int | None = None, heldout_samples: int | None = None, seed: int = 0,
                 guarantee_kind: str = "distribution", confidence: float = 0.95, solve_margin: float = 0.01,
                 freeze_unexercised: bool = True, rows: tuple[np.ndarray, np.ndarray] | None = None,
-                bias: Params | None = None) -> NetworkLIDs:
+                bias: Params | None = None, fixed: Params | None = None) -> NetworkLIDs:
     """Certified LIDs of ``config.domain`` for one network with certified accuracy >= tau.
 
     ``guarantee_kind="distribution"`` (the default): the held-out Clopper-Pearson bound at
@@ -236,7 +237,9 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
     certification rows is >= tau, and the held-out bound is reported. Rows come from the test split
     (:func:`default_sample_counts`), or are given as ``rows = (certification rows, held-out rows)``
     (disjoint indices of the test split); unexercised first-layer weights are frozen unless
-    ``freeze_unexercised`` is False; ``bias`` (params-shaped, >= 0) weights the size objective.
+    ``freeze_unexercised`` is False; ``bias`` (params-shaped, >= 0) weights the size objective;
+    ``fixed`` (params-shaped, bool) holds more parameters fixed (zero width), e.g. the weights an edit
+    zeroed, so that every network in the LID keeps them.
     """
     guarantee.check_guarantee(guarantee_kind, confidence)
     if not 0 < float(tau) <= 1:
@@ -258,6 +261,9 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
     params = jax.tree.map(jnp.asarray, params)
     heldout = (jnp.asarray(x_np[heldout_rows]), jnp.asarray(y_np[heldout_rows]))
     mask, frozen = (guarantee.unexercised_mask(spec, params, x) if freeze_unexercised else (None, 0))
+    if fixed is not None:
+        mask = jax.tree.map(lambda m, f: m * (1 - jnp.asarray(f, m.dtype)),
+                            jax.tree.map(jnp.ones_like, params) if mask is None else mask, fixed)
     target = float(tau)
     if guarantee_kind == "distribution":
         own = certificates.certificate(spec, box_around(params), Constraint(x, y, float(tau)), *heldout,
@@ -278,7 +284,7 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
         problem = make_problem(spec, params, kind_config, bias, mask, start_domain)
         state = solve_fastest(problem, (constraint,))
         candidate = largest_meeting_target(problem, state, constraint)
-        kept, test = _guaranteed(spec, params, candidate, constraint, heldout, float(tau), confidence, kind_config)
+        kept, test = guaranteed(spec, params, candidate, constraint, heldout, float(tau), confidence, kind_config)
         return candidate, state, [kept], test
 
     start, start_seconds = None, None

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from metaedit import compare, datasets, editor, nets, report, requirements, zoo
+from metaedit import checkpoint, compare, datasets, editor, gmn, nets, report, requirements, zoo
 from metaedit.editor import EditorTrainConfig
 from metaedit.options import option
 from metaedit.zoo import ZooConfig
@@ -42,24 +43,54 @@ class Config:
     out: str = option("results/compliance", "output folder")
 
 
-def run(config: Config) -> dict[str, list[dict]]:
+class Trained(NamedTuple):
+    """A compliance config's data, networks, zoo, editor and requirement, trained or loaded."""
+
+    dataset: datasets.Dataset
+    spec: nets.Spec
+    zoo: zoo.Zoo
+    editor: gmn.Editor
+    requirement: requirements.Requirement
+    target: float
+    steps: int
+    train_seconds: float
+
+
+def trained(config: Config, reuse_finished: bool = False) -> Trained:
+    """The zoo and the editor of ``config`` (trained into ``<out>/zoos`` and ``<out>/editor``, or
+    resumed from there). ``reuse_finished``: a finished editor there, for the same requirement and
+    steps, is loaded as it is, even if settings added since then have other defaults (its training
+    time is then unknown: NaN)."""
     out = Path(config.out)
     dataset = datasets.load_dataset(config.dataset, **({"sensitive": config.sensitive} if config.sensitive else {}))
     spec = nets.parse_arch(config.arch, dataset.input_shape, dataset.num_classes)
-    trained = zoo.train_zoo(spec, dataset, config.zoo, workdir=out / "zoos" / config.dataset, progress=False)
+    networks = zoo.train_zoo(spec, dataset, config.zoo, workdir=out / "zoos" / config.dataset, progress=False)
     requirement = requirements.for_dataset(config.editor.requirement, dataset)
     target = requirement.default_target() if config.target is None else config.target
     steps = config.editor.steps if config.steps is None else config.steps
     editor_config = dataclasses.replace(config.editor, steps=steps, chunk_steps=max(1, steps // 10))
+    if reuse_finished:
+        try:
+            found, record = editor.load_editor(out / "editor")
+            if (record["config"]["requirement"], record["config"]["steps"]) == (editor_config.requirement, steps):
+                return Trained(dataset, spec, networks, found, requirement, target, steps, float("nan"))
+        except (checkpoint.CheckpointError, editor.EditorTrainingError):
+            pass  # nothing finished there: train
     started = time.perf_counter()
-    trained_editor = editor.train_editor(spec, trained.subset("train"), dataset, editor_config, workdir=out / "editor",
-                                         progress=False, validation=trained.subset("val"))
-    train_seconds = time.perf_counter() - started
-    held_out = jax.tree.map(np.asarray, trained.subset("test"))
-    rows = compare.evaluate_editor(trained_editor, spec, requirement, held_out, dataset, config.lambdas, target)
+    trained_editor = editor.train_editor(spec, networks.subset("train"), dataset, editor_config, workdir=out / "editor",
+                                         progress=False, validation=networks.subset("val"))
+    return Trained(dataset, spec, networks, trained_editor, requirement, target, steps, time.perf_counter() - started)
+
+
+def run(config: Config) -> dict[str, list[dict]]:
+    setup = trained(config)
+    dataset, spec, requirement, target = setup.dataset, setup.spec, setup.requirement, setup.target
+    held_out = jax.tree.map(np.asarray, setup.zoo.subset("test"))
+    rows = compare.evaluate_editor(setup.editor, spec, requirement, held_out, dataset, config.lambdas, target)
     rows += compare.evaluate_baselines(requirement, spec, held_out, dataset, target, dict(config.strengths))
     for row in rows:
-        row.update(editor_train_seconds=train_seconds, editor_steps=steps, networks=nets.population_size(held_out))
+        row.update(editor_train_seconds=setup.train_seconds, editor_steps=setup.steps,
+                   networks=nets.population_size(held_out))
     return {"metrics.csv": rows}
 
 

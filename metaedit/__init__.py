@@ -27,6 +27,7 @@ _EXPORTS = {
     "metaedit.editor": ("EditorTrainConfig", "EditorTrainingError", "train_editor", "load_editor"),
     "metaedit.compare": ("evaluate_editor", "evaluate_baselines"),
     "metaedit.requirements": ("Requirement", "RequirementError", "REQUIREMENTS"),
+    "metaedit.certified": ("CertifiedEdit", "certified_edit"),
     "metaedit.quickstart": ("QuickstartConfig", "run_quickstart"),
 }
 _ALIASES = {"requirement": ("metaedit.requirements", "get")}

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from certify import certificates, guarantee, lid, store
 from certify.solver import LIDConfig
-from metaedit import baselines, calibrate, compare, datasets, editor, gmn, nets, report, requirements, zoo
+from metaedit import certified, compare, datasets, editor, gmn, nets, report, requirements, zoo
 from metaedit.datasets import Dataset
 from metaedit.options import option
 from metaedit.zoo.store import identity as zoo_identity
@@ -146,51 +146,70 @@ def run_quickstart(config: QuickstartConfig, log: Callable[[str], None] = lambda
     for name in tqdm(chosen, desc="baselines", disable=not config.progress):
         rows += compare.evaluate_baselines(requirement, spec, held_out, dataset, plan.target, only=[name])
     seconds["baselines"] = time.perf_counter() - started
-    started = _stage("[5/5] certifying one edited network", log)
-    certified = _certify_one(plan, trained_editor, held_out, rows, work)
+    started = _stage("[5/5] a certified edit of one held-out network", log)
+    certified_one = _certify_one(plan, trained_editor, held_out, work)
     seconds["lid"] = time.perf_counter() - started
-    written = _write(plan, trained, rows, certified, seconds, out)
-    return {"rows": rows, "lid": certified, "seconds": seconds, "report": str(written)}
+    written = _write(plan, trained, rows, certified_one, seconds, out)
+    return {"rows": rows, "lid": certified_one, "seconds": seconds, "report": str(written)}
 
 
-def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, rows: list[dict], work: Path) -> dict:
-    """Edits held-out network 0 with the calibrated lambda (its least invasive compliant edit), saves
-    it, solves and saves a box LID for its accuracy, and checks both as ``metaedit check`` does."""
-    config, spec, dataset = plan.config, plan.spec, plan.dataset
+def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, work: Path) -> dict:
+    """The certified edit of held-out network 0 (:func:`metaedit.certified.certified_edit`) at the
+    calibrated lambda (its least invasive compliant edit): saved with its LID, and checked as
+    ``metaedit check`` does. Not certified: the reason, and nothing saved."""
+    config, spec, dataset, requirement = plan.config, plan.spec, plan.dataset, plan.requirement
     bar = tqdm(total=3, desc="certifying", unit="stage", disable=not config.progress)
-    chosen = calibrate.calibrate(trained_editor, spec, plan.requirement, jax.tree.map(lambda leaf: leaf[:1], held_out),
-                                 plan.target, calibrate.validation_rows(dataset))
-    lam = float(chosen.lam[0])
-    edited = jax.tree.map(lambda leaf: np.asarray(leaf[0]), chosen.params)
-    params_file = work / "edited.npz"
-    nets.save_params(params_file, spec, edited)
-    value = plan.requirement.measure(spec, edited, baselines.split_batch(dataset, "test"))
-    cert_rows, heldout_rows = lid.certification_rows(len(dataset.y_test), plan.cert_samples, plan.heldout_samples,
-                                                     config.seed)
+    original = jax.tree.map(lambda leaf: leaf[0], held_out)
+    edited, lam, _ = certified.edit_network(trained_editor, spec, requirement, original, "auto", plan.target, dataset)
     tau = config.tau
-    if tau is None:  # from the certification rows only: 3 points under the network, less the held-out bound's slack
-        point = certificates.point_certified_accuracy(spec, edited, dataset.x_test[cert_rows], dataset.y_test[cert_rows])
+    if tau is None:  # from the certification rows only: 3 points under the edit, less the held-out bound's slack
+        cert_rows, heldout_rows = lid.certification_rows(len(dataset.y_test), plan.cert_samples, plan.heldout_samples,
+                                                         config.seed)
+        point = certificates.point_certified_accuracy(spec, edited, dataset.x_test[cert_rows],
+                                                      dataset.y_test[cert_rows])
         slack = guarantee.needed_rate(point, len(heldout_rows), 0.95) - point
         tau = max(0.01, round(point - 0.03 - (slack if np.isfinite(slack) else 0.1), 3))
     bar.update()
     fallback = None
-    try:
-        found = lid.for_network(spec, edited, dataset, tau, plan.lid, plan.cert_samples, plan.heldout_samples,
-                                config.seed)
-    except lid.LIDError as error:  # too few held-out rows to guarantee tau for new data: certify the samples
-        fallback = str(error)
-        found = lid.for_network(spec, edited, dataset, tau, plan.lid, plan.cert_samples, plan.heldout_samples,
-                                config.seed, guarantee_kind="samples")
-    store.save_lids(work / "lid", spec, edited, found.lids, dataset.source, found.cert_rows, found.heldout_rows,
-                    plan.lid.margin_tol, bound=plan.lid.bound,
-                    extra={"solve_seconds": found.seconds, "tau": tau, "frozen_parameters": found.frozen,
-                           "fallback": fallback})
+    for kind in guarantee.GUARANTEES:  # distribution first; too few held-out rows for it: the samples
+        result = certified.certified_edit(trained_editor, spec, requirement, original, dataset, lam, tau, plan.target,
+                                          plan.lid, seed=config.seed, cert_samples=plan.cert_samples,
+                                          heldout_samples=plan.heldout_samples, guarantee_kind=kind)
+        if result.certified:
+            break
+        fallback = fallback or result.message
     bar.update()
-    checked = store.check(work / "lid", edited, spec)
+    summary = {**result.row(), "params": None, "lid": None, "message": result.message, "fallback": fallback}
+    if result.certified:
+        params_file = work / "edited.npz"
+        certified.save(work / "lid", spec, result, dataset, plan.lid.margin_tol)
+        nets.save_params(params_file, spec, jax.tree.map(np.asarray, result.params))
+        summary.update(store.check(work / "lid", result.params, spec), params=str(params_file))
     bar.update()
     bar.close()
-    return {"lambda": lam, "value": value, "compliant": plan.requirement.complies(value, plan.target),
-            "params": str(params_file), "fallback": fallback, **checked}
+    return summary
+
+
+def _certified_lines(certified: dict, requirement: str, target: float) -> list[str]:
+    """The report's lines on the certified edit (``_certify_one``'s summary)."""
+    lines = [f"held-out network 0 edited at the calibrated lambda {certified['lambda']}: {requirement} "
+             f"{certified['requirement_value']:.4f} ({'compliant' if certified['compliant'] else 'not compliant'} at "
+             f"{target}), accuracy change {100 * certified['accuracy_change']:+.2f} points"]
+    if not certified["certified"]:
+        return lines + [f"not certified at tau {certified['tau']}: {certified['message']}"]
+    return lines + [
+        f"certified ({certified['resolution']}: " + ("the edit projected into a box LID of the original network"
+                                                     if certified["resolution"] == "inside" else
+                                                     "projection and compliance conflict, so a fresh LID around the "
+                                                     "edit, its zeros held at zero") + f"), tau {certified['tau']}",
+        (f"held-out: {certified['heldout_certified_accuracy']:.4f} on {certified['heldout_samples']} samples; "
+         f"{certified['confidence']:.0%} Clopper-Pearson lower bound {certified['certified_accuracy_lower_bound']:.4f}"
+         + (" >= tau: the guarantee holds for every network in the LID" if certified["guarantee"] == "distribution"
+            else f"; guarantee on the {certified['cert_samples']} certification samples only (certified accuracy "
+                 f"{certified['certified_accuracy']:.4f} >= tau): {certified['fallback']}")),
+        f"`metaedit check --lid {certified['lid']} --params {certified['params']}`: inside {certified['inside']}, "
+        f"mean log-width {certified['mean_log_width']:.3f}",
+    ]
 
 
 def _write(plan: Plan, trained: zoo.Zoo, rows: list[dict], certified: dict, seconds: dict, out: Path) -> Path:
@@ -208,19 +227,7 @@ def _write(plan: Plan, trained: zoo.Zoo, rows: list[dict], certified: dict, seco
                                          [100 * r["accuracy_change"] for r in rows if r["method"] == m])
                            for m in methods], vlines=[(plan.target, f"target {plan.target}")])
     split = {k: len(v) for k, v in trained.split.items()}
-    lid_lines = [
-        f"network: held-out network 0 edited at the calibrated lambda {certified['lambda']}: {requirement.name} "
-        f"{certified['value']:.4f} ({'compliant' if certified['compliant'] else 'not compliant'} at {plan.target})",
-        f"tau {certified['tau']}, guarantee `{certified['guarantee']}` ("
-        + ("the held-out lower bound is >= tau" if certified["guarantee"] == "distribution" else
-           f"on the certification samples; no distribution guarantee: {certified['fallback']}")
-        + f"): certified accuracy {certified['certified_accuracy']:.4f} on {certified['cert_samples']} certification "
-        f"samples, holds: {certified['holds']}",
-        f"held-out: {certified['heldout_certified_accuracy']:.4f} on {certified['heldout_samples']} samples; "
-        f"{certified['confidence']:.0%} Clopper-Pearson lower bound {certified['certified_accuracy_lower_bound']:.4f}",
-        f"`metaedit check --lid {certified['lid']} --params {certified['params']}`: inside {certified['inside']}, "
-        f"mean log-width {certified['mean_log_width']:.3f}",
-    ]
+    lid_lines = _certified_lines(certified, requirement.name, plan.target)
     page = (report.Report(f"Quickstart: {requirement.name} on {plan.dataset.name}")
             .paragraph(f"A zoo of {config.members} `{nets.describe(plan.spec)}` networks ({split['train']} train the "
                        f"editor, {split['val']} validate it, {split['test']} are held out) and one editor trained for "
@@ -228,12 +235,12 @@ def _write(plan: Plan, trained: zoo.Zoo, rows: list[dict], certified: dict, seco
                        f"call; the baselines run on the same networks. Target {plan.target}; accuracy change is the "
                        "mean over networks on the test split; times are warm (compilation excluded on both sides).")
             .table(rows, columns).figure("pareto.png", [pareto])
-            .heading("A certified LID for one edited network").bullets(lid_lines)
+            .heading("A certified edit of one held-out network").bullets(lid_lines)
             .paragraph("Seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
                        + f"; total {sum(seconds.values()):.1f}."))
     written = page.write(out, {"metrics.csv": rows})
     print("\n".join(report.markdown_table(rows, columns)))
-    print("\n".join(["", "certified LID:"] + [f"  {line}" for line in lid_lines]))
+    print("\n".join(["", "certified edit:"] + [f"  {line}" for line in lid_lines]))
     print(f"\nwrote {written} ({sum(seconds.values()):.0f} s)")
     return written
 

@@ -9,6 +9,7 @@
     metaedit train-editor --zoo runs/adult-zoo --requirement pruning --steps 400 --out runs/editor-pruning
     metaedit evaluate --editor runs/editor-pruning --zoo runs/adult-zoo [--json]
     metaedit edit --editor runs/editor-pruning --params member3.npz --lambda 0.5 --out edited.npz
+    metaedit edit --editor runs/editor-pruning --params member3.npz --lambda auto --certify --tau 0.8 --out edited.npz
 
 Bad input ends with one line naming the problem and exit status 2. JAX's persistent compilation
 cache lives in ``$METAEDIT_CACHE/jax`` (default ``~/.cache/metaedit/jax``), so a second run of a

@@ -7,13 +7,17 @@ import json
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from metaedit import calibrate, compare, datasets, editor, gmn, nets, zoo
+from certify import guarantee
+from certify.bounds import BOUNDS
+from certify.certificates import CertificateError
+from certify.solver import LIDConfig, LIDError
+from metaedit import certified, compare, datasets, editor, gmn, nets, zoo
+from metaedit.baselines import split_batch
 from metaedit.cli import flags
 from metaedit.gmn import EditorError
+from metaedit.requirements.base import accuracy
 
 
 def _train_editor_command(args: argparse.Namespace) -> int:
@@ -67,27 +71,72 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
 
 def _edit_command(args: argparse.Namespace) -> int:
+    if args.certify:
+        if args.tau is None:
+            raise CertificateError("--certify needs --tau, the held-out lower bound to keep on accuracy")
+        certified.check_tau(args.tau)
+        guarantee.check_guarantee("distribution", args.confidence)
+    elif args.tau is not None:
+        raise CertificateError("--tau is for --certify: add --certify, or leave --tau out")
     trained_editor, spec, dataset, requirement = _load(args.editor)
     if args.lambda_ != "auto":
         editor.check_lambda(args.lambda_)
     params_spec, params = nets.load_params(args.params)
     spec = _readable(trained_editor, spec, params_spec, args.params)
     target = requirement.default_target() if args.target is None else requirement.check_target(args.target)
-    if args.lambda_ == "auto":
-        nets.validate_params(spec, params)
-        chosen = calibrate.calibrate(trained_editor, spec, requirement, jax.tree.map(lambda a: a[None], params), target,
-                                     calibrate.validation_rows(dataset))
-        edited = jax.tree.map(lambda a: a[0], chosen.params)
-        print(f"lambda auto: {float(chosen.lam[0])}, {requirement.name} {float(chosen.value[0]):.4f} on the validation "
-              f"rows; " + ("it complies with target " if chosen.found[0] else
-                           "NO lambda complies there; this is the most compliant edit, target ") + str(target),
+    nets.validate_params(spec, params)
+    if args.certify:
+        return _certified_edit(args, trained_editor, spec, requirement, params, dataset, target)
+    edited, lam, found = certified.edit_network(trained_editor, spec, requirement, params, args.lambda_, target,
+                                                dataset)
+    if found is not None:
+        print(f"lambda auto: {lam}; " + ("it complies with target " if found else "NO lambda complies on the "
+                                         "validation rows; this is the most compliant edit, target ") + str(target),
               file=sys.stderr)
-    else:
-        cond = editor.condition(requirement, jnp.asarray(args.lambda_, jnp.float32), jnp.asarray(target, jnp.float32))
-        edited = gmn.edit(trained_editor, spec, params, cond)
-    nets.save_params(args.out, spec, {n: {k: np.asarray(v) for k, v in layer.items()} for n, layer in edited.items()})
-    print(f"edited network written to {args.out}", file=sys.stderr)
+    _save_params(args.out, spec, edited)
+    test = split_batch(dataset, "test")
+    value = float(requirement.exact(spec, edited, test))
+    summary = {"lambda": lam, "requirement": requirement.name, "target": target, "requirement_value": value,
+               "compliant": requirement.complies(value, target),
+               "accuracy_change": float(accuracy(spec, edited, test.x, test.y)
+                                        - accuracy(spec, params, test.x, test.y)),
+               "out": args.out}
+    _print_edit(summary, args.json)
     return 0
+
+
+def _certified_edit(args, trained_editor, spec, requirement, params, dataset, target) -> int:
+    lid_dir = args.lid_out or str(Path(args.out).with_suffix("")) + ".lid"
+    print(f"certified edit: editing at lambda {args.lambda_}, then a box LID ({args.bound} bounds) whose "
+          f"{args.confidence:.0%} held-out lower bound on accuracy is >= {args.tau}", file=sys.stderr)
+    config = LIDConfig(bound=args.bound)
+    result = certified.certified_edit(trained_editor, spec, requirement, params, dataset, args.lambda_, args.tau,
+                                      target, config, args.confidence)
+    if not result.certified:
+        raise LIDError(f"no LID certifies the edit (lambda {result.lam}, test accuracy {result.accuracy:.4f}, "
+                       f"{requirement.name} {result.value:.4f}): {result.message}")
+    certified.save(lid_dir, spec, result, dataset, config.margin_tol, extra={"requirement": requirement.name})
+    _save_params(args.out, spec, result.params)
+    summary = {**result.row(), "requirement": requirement.name, "target": target, "lid": lid_dir, "out": args.out}
+    _print_edit(summary, args.json)
+    return 0
+
+
+def _save_params(path: str, spec: nets.Spec, params) -> None:
+    nets.save_params(path, spec, {n: {k: np.asarray(v) for k, v in layer.items()} for n, layer in params.items()})
+    print(f"edited network written to {path}", file=sys.stderr)
+
+
+def _print_edit(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+        return
+    print(f"lambda {summary['lambda']}: {summary['requirement']} {summary['requirement_value']:.4f} (target "
+          f"{summary['target']}, compliant: {summary['compliant']}), accuracy change "
+          f"{100 * summary['accuracy_change']:+.2f} points")
+    if "lid" in summary:
+        print(f"certified ({summary['resolution']}): {summary['confidence']:.0%} held-out lower bound on accuracy "
+              f"{summary['certified_accuracy_lower_bound']:.4f} >= tau {summary['tau']}; LID in {summary['lid']}")
 
 
 def _lambda(text: str) -> float | str:
@@ -128,4 +177,17 @@ def register(commands) -> None:
                              "or 'auto': the least invasive edit that complies on validation rows")
     parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own)")
     parser.add_argument("--out", required=True, help="the edited params file to write (.npz)")
+    parser.add_argument("--certify", action="store_true",
+                        help="certify the edit: a box LID around it, with the edit's zeros held at zero, whose "
+                             "held-out lower bound on accuracy is >= --tau; written beside --out (see --lid-out) "
+                             "(default: off, the plain edit)")
+    parser.add_argument("--tau", type=float, help="with --certify: the accuracy to guarantee, in (0, 1] (no default)")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="with --certify: confidence of the held-out lower bound, in (0, 1) (default: 0.95)")
+    parser.add_argument("--bound", choices=BOUNDS, default="interval",
+                        help="with --certify: bound propagation (default: interval)")
+    parser.add_argument("--lid-out", help="with --certify: the LID directory (default: --out without its suffix, "
+                                          "plus .lid)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the requirement's value, "
+                                                            "compliance and accuracy change (default: a line or two)")
     parser.set_defaults(run=_edit_command)

@@ -39,3 +39,28 @@ def test_every_config_loads_and_its_flags_parse(name, capsys):
         run.main(["--config", name, "--help"])
     assert stop.value.code == 0
     assert "--out" in capsys.readouterr().out
+
+
+def test_certified_edit_summary_counts_rates_over_networks(tmp_path):
+    from experiments import certified_edit
+
+    def row(method, network, compliant, bound, certified=True, conflict=None, point=None):
+        return {"requirement": "pruning", "network": network, "tau": 0.8, "method": method, "compliant": compliant,
+                "accuracy_change": -0.01 * network, "certified": certified, "conflict": conflict,
+                "certified_accuracy_lower_bound": bound, "point_lower_bound": point, "kept_move": 0.5,
+                "seconds": 1.0 + network, "requirement_value": 0.9}
+
+    rows = [row("plain edit", 0, True, None, point=0.81), row("plain edit", 1, True, None, point=0.79),
+            row("certified edit", 0, True, 0.805, conflict=True), row("certified edit", 1, True, 0.0, False, True),
+            row("fine-tuning inside the LID", 0, False, 0.802), row("fine-tuning inside the LID", 1, False, 0.801)]
+    summary = {r["method"]: r for r in certified_edit.summarise(rows)}
+    assert summary["plain edit"]["certified_rate"] == 0.5 and summary["plain edit"]["both_rate"] == 0.5
+    assert summary["certified edit"]["certified_rate"] == 0.5 and summary["certified edit"]["conflict_rate"] == 1.0
+    assert summary["certified edit"]["bound_minus_tau"] == pytest.approx(0.005)  # over the certified network only
+    assert summary["fine-tuning inside the LID"]["both_rate"] == 0.0
+    assert summary["fine-tuning inside the LID"]["compliance_rate"] == 0.0
+    config = certified_edit.Config(out=str(tmp_path))
+    tables = {"metrics.csv": rows}
+    certified_edit.report_of(config, tables).write(tmp_path, tables)
+    assert (tmp_path / "summary.csv").is_file() and (tmp_path / "certified.png").is_file()
+    assert "| pruning | certified edit | 2 | 100% | 50% | 50% |" in (tmp_path / "report.md").read_text()

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -170,9 +171,46 @@ def test_train_editor_evaluate_and_edit(small_zoo, tmp_path, capsys):
     assert "lambda auto:" in capsys.readouterr().err and nets.load_params(tmp_path / "a.npz")[0] == spec
     assert main(["edit", "--editor", str(out), "--params", str(member), "--lambda", "1.5", "--out", str(tmp_path / "x.npz")]) == 2
     assert "lambda must lie in [0, 1]" in capsys.readouterr().err
+    _certified_edit_then_check(out, member, spec, tmp_path, capsys)
     assert main(["train-editor", "--zoo", str(small_zoo), "--requirement", "fairness", "--steps", "10",
                  "--out", str(tmp_path / "f"), "--no-progress"]) == 2
     assert "needs a data set with a sensitive attribute" in capsys.readouterr().err
+
+
+def _certified_edit_then_check(editor_dir, member, spec, tmp_path, capsys):
+    """``edit --certify`` writes a compliant edit and its LID, which ``check`` confirms; bad input exits 2."""
+    from certify import store
+    from metaedit import datasets, nets
+
+    edit = ["edit", "--editor", str(editor_dir), "--params", str(member), "--lambda", "0.5"]
+    assert main([*edit, "--certify", "--tau", "0.6", "--out", str(tmp_path / "c.npz"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) >= {"compliant", "requirement_value", "accuracy_change", "certified_accuracy_lower_bound",
+                            "lid", "resolution"}
+    assert summary["lid"] == str(tmp_path / "c.lid") and summary["certified_accuracy_lower_bound"] >= 0.6
+    assert main(["check", "--lid", summary["lid"], "--params", str(tmp_path / "c.npz"), "--json"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["inside"] is True and checked["guarantee"] == "distribution"
+    assert checked["certified_accuracy_lower_bound"] >= 0.6
+    _, edited = nets.load_params(tmp_path / "c.npz")
+    box = store.load_lids(summary["lid"]).domains[0]
+    for e, lo, hi in zip(*(jax.tree.leaves(t) for t in (edited, box.lo, box.hi))):
+        assert (lo[e == 0] == 0).all() and (hi[e == 0] == 0).all()  # every network in the LID keeps the zeros
+    other = tmp_path / "digits.npz"
+    digits = datasets.load_digits()
+    wrong = nets.parse_arch("mlp:8", digits.input_shape, digits.num_classes)
+    nets.save_params(other, wrong, jax.tree.map(np.asarray, nets.init(wrong, jax.random.key(0))))
+    for argv, message in [
+        ([*edit, "--certify", "--tau", "1.5"], "tau must lie in (0, 1], got 1.5"),
+        ([*edit, "--certify"], "--certify needs --tau"),
+        ([*edit, "--tau", "0.6"], "--tau is for --certify"),
+        (["edit", "--editor", str(editor_dir), "--params", str(other), "--lambda", "0.5", "--certify", "--tau", "0.6"],
+         "the editor was trained on"),
+    ]:
+        assert main([*argv, "--out", str(tmp_path / "bad.npz")]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and len(error.splitlines()) == 1, error
+        assert not (tmp_path / "bad.npz").exists() and not (tmp_path / "bad.lid").exists()
 
 
 def test_mixed_zoo_trains_one_editor_that_edits_an_unseen_architecture(tmp_path, capsys):

@@ -15,7 +15,7 @@ def test_tiny_quickstart_writes_its_report_and_a_certified_lid(tmp_path, capsys)
     out = tmp_path / "qs"
     assert main(["quickstart", *TINY, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| editor | lambda=0.0 |" in printed and "certified LID" in printed
+    assert "| editor | lambda=0.0 |" in printed and "certified edit" in printed
     for name in ("report.md", "metrics.csv", "pareto.png"):
         assert (out / name).is_file()
     with open(out / "metrics.csv") as handle:
