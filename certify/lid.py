@@ -144,6 +144,18 @@ def certification_rows(n_test: int, cert_samples: int, heldout_samples: int, see
     return np.sort(order[:cert_samples]), np.sort(order[cert_samples:cert_samples + heldout_samples])
 
 
+def given_rows(rows: tuple[Any, Any], n_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows = (certification rows, held-out rows)`` as index arrays, checked: non-empty, disjoint,
+    and indices of the ``n_test`` test rows (a CertificateError otherwise)."""
+    cert_rows, heldout_rows = (np.asarray(r, int).reshape(-1) for r in rows)
+    if not len(cert_rows) or not len(heldout_rows) or np.intersect1d(cert_rows, heldout_rows).size:
+        raise CertificateError("rows must be two non-empty, disjoint sets of test rows")
+    everything = np.concatenate([cert_rows, heldout_rows])
+    if everything.min() < 0 or everything.max() >= n_test:
+        raise CertificateError(f"rows must index the {n_test} test rows; got {everything.min()} .. {everything.max()}")
+    return cert_rows, heldout_rows
+
+
 def default_sample_counts(n_test: int, cert_samples: int | None = None,
                           heldout_samples: int | None = None) -> tuple[int, int]:
     """Certification and held-out sample counts for a test split of ``n_test`` rows: by default as
@@ -249,13 +261,7 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
         cert_samples, heldout_samples = default_sample_counts(len(dataset.y_test), cert_samples, heldout_samples)
         cert_rows, heldout_rows = certification_rows(len(dataset.y_test), cert_samples, heldout_samples, seed)
     else:
-        cert_rows, heldout_rows = (np.asarray(r, int).reshape(-1) for r in rows)
-        if not len(cert_rows) or not len(heldout_rows) or np.intersect1d(cert_rows, heldout_rows).size:
-            raise CertificateError("rows must be two non-empty, disjoint sets of test rows")
-        everything = np.concatenate([cert_rows, heldout_rows])
-        if everything.min() < 0 or everything.max() >= len(dataset.y_test):
-            raise CertificateError(f"rows must index the {len(dataset.y_test)} test rows; got "
-                                   f"{everything.min()} .. {everything.max()}")
+        cert_rows, heldout_rows = given_rows(rows, len(dataset.y_test))
     x_np, y_np = np.asarray(dataset.x_test), np.asarray(dataset.y_test)
     x, y = jnp.asarray(x_np[cert_rows]), jnp.asarray(y_np[cert_rows])
     params = jax.tree.map(jnp.asarray, params)

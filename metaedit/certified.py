@@ -15,27 +15,32 @@
    stays at zero; a weight requirement's compliance is therefore kept exactly.
 4. **Resolving the conflict.** The projected edit is *inside* when it lies in the box (the box
    reaches zero on every masked parameter) and still complies (gap requirements are measured again
-   on the validation rows: the clip can undo a fairness edit). Then the box, its masked parameters
-   collapsed to zero, is scaled towards the projected edit by fixed-sequence testing on the held-out
-   rows (:func:`certify.lid.guaranteed`). Otherwise projection and compliance conflict, and the
-   design **re-solves**: a fresh LID around the edit itself, with the masked parameters frozen at
-   zero (:func:`certify.lid.for_network` with ``fixed``). Re-solving around the projected edit
-   instead was measured first and loses: the clip undoes the editor's compensation of the weights
-   it keeps (Adult MLPs pruned to sparsity 0.9: test accuracy 0.78 and 0.75 for edits at 0.83).
+   on the validation rows, with calibration's margin: the clip can undo a fairness edit). Then the
+   box, its masked parameters collapsed to zero, is scaled towards the projected edit by
+   fixed-sequence testing on the held-out rows (:func:`certify.lid.guaranteed`). Otherwise
+   projection and compliance conflict, and the design **re-solves**: a fresh LID around the edit
+   itself, with the masked parameters frozen at zero (:func:`certify.lid.for_network` with
+   ``fixed``). Re-solving around the projected edit instead was measured first and loses: the clip
+   undoes the editor's compensation of the weights it keeps (Adult MLPs pruned to sparsity 0.9:
+   test accuracy 0.78 and 0.75 for edits at 0.83).
 
    Why the conflict is the rule, measured on Adult MLPs (``experiments/certified_edit.py``):
 
    * *Containing the masked point* (a box around ``p0`` that reaches every zero) fails: for edits
      pruned to sparsity 0.9 or minimised to 7 of 14 feature groups, the smallest such box, and even
      the segment from ``p0`` to the edit as a one-generator zonotope, certifies 0-10% of the rows.
-   * *A gap requirement cannot be met inside an LID of the original*: the LID keeps the
+   * *A gap requirement is rarely met inside an LID of the original*: the LID keeps the
      original's correct predictions, and a fairness edit must change predictions. Projected into
      the room, the edits of every lambda from 0.05 to 1 leave the equalised-odds gap where the
-     original had it (within 0.01), so calibrating through the projection cannot help.
+     original had it (within 0.01, 6 networks), so calibrating through the projection cannot help;
+     only an original already near the target stays compliant when projected.
 
-The held-out rows are used once, by the final test, so the stated confidence is exact. Every
-network in the returned LID keeps the edit's zeros, so a later update projected onto it (safe
-fine-tuning) keeps both the requirement and the guarantee. Only box LIDs are used: the clip is the
+The held-out rows choose nothing but the final scale (the fixed-sequence test; an earlier check of
+the point's own bound on them can only refuse), so the stated confidence holds (Clopper-Pearson is
+conservative). Every network in the returned LID keeps the edit's zeros, so a later update projected
+onto it (safe fine-tuning) keeps the guarantee and, for a weight requirement (pruning,
+minimisation), the compliance. The edit is certified whether or not it complies; ``compliant``
+says. Only box LIDs are used: the clip is the
 exact projection and holding a parameter at zero is a face of the box.
 """
 
@@ -51,7 +56,7 @@ import numpy as np
 
 from certify import certificates, guarantee, lid, project, store
 from certify.certificates import CertificateError, Constraint
-from certify.domains import Box
+from certify.domains import Box, box_around
 from certify.solver import LIDConfig, LIDError, make_problem, solve_fastest
 from metaedit import calibrate, gmn, nets
 from metaedit.baselines import split_batch
@@ -68,10 +73,13 @@ class CertifiedEdit(NamedTuple):
     """What :func:`certified_edit` returns for one network.
 
     params: the certified edit (None when no LID certifies it); edit: the editor's plain edit; lam:
-    the lambda used; masked: how many parameters the edit zeroes; resolution: "inside", "re-solved"
-    or "none" (not certified); projected_complies: the projected edit complied (exactly, or on the
-    validation rows); conflict: projection and compliance conflicted (the projected edit left the
-    box or lost compliance), so the design re-solved (or, when that failed, certified nothing);
+    the lambda used; masked: how many of the edit's parameters are zero (all held at zero);
+    resolution: "inside", "re-solved" or "none" (not certified); edit_complies / projected_complies:
+    the edit / the projected edit complied (exactly for a weight requirement, else on the
+    validation rows); conflict: the edit complied but projection and compliance conflicted (the
+    projected edit left the box or lost compliance), so the design re-solved (or, when that failed,
+    certified nothing; an edit that does not comply is re-solved without a conflict; None: the edit
+    was refused before any projection, its own held-out bound being below tau);
     kept_move: the share of the edit's move (Euclidean, over the parameters it does not zero: the
     ones the projection acts on) that the projection kept;
     lids: the certified LID (:class:`certify.lid.NetworkLIDs`, None when not certified); value_edit
@@ -87,8 +95,9 @@ class CertifiedEdit(NamedTuple):
     lam: float
     masked: int
     resolution: str
+    edit_complies: bool
     projected_complies: bool
-    conflict: bool
+    conflict: bool | None
     kept_move: float
     lids: lid.NetworkLIDs | None
     value_edit: float
@@ -112,7 +121,7 @@ class CertifiedEdit(NamedTuple):
     def row(self) -> dict:
         """The scalar outcome as one flat dict (for tables and ``--json``)."""
         return {"lambda": self.lam, "masked_parameters": self.masked, "resolution": self.resolution,
-                "certified": self.certified, "conflict": self.conflict,
+                "certified": self.certified, "conflict": self.conflict, "edit_complies": self.edit_complies,
                 "projected_complies": self.projected_complies, "kept_move": self.kept_move,
                 "requirement_value_edit": self.value_edit,
                 "compliant_edit": self.compliant_edit, "requirement_value": self.value, "compliant": self.compliant,
@@ -124,7 +133,8 @@ class CertifiedEdit(NamedTuple):
 
 
 def edit_mask(edited: nets.Params) -> nets.Params:
-    """Params-shaped bool: the parameters an edit sets to exactly zero."""
+    """Params-shaped bool: the edit's parameters that are exactly zero (those it zeroed, and any that
+    were zero before)."""
     return jax.tree.map(lambda leaf: jnp.asarray(leaf) == 0, edited)
 
 
@@ -180,13 +190,17 @@ def certified_edit(trained_editor: gmn.Editor, spec: nets.Spec, requirement: Req
                    dataset: Dataset, lam: float | str, tau: float, target: float | None = None,
                    config: LIDConfig | None = None, confidence: float = 0.95, solve_margin: float = 0.01,
                    seed: int = 0, bias: bool = True, cert_samples: int | None = None,
-                   heldout_samples: int | None = None, guarantee_kind: str = "distribution") -> CertifiedEdit:
+                   heldout_samples: int | None = None, guarantee_kind: str = "distribution",
+                   rows: tuple[np.ndarray, np.ndarray] | None = None,
+                   edited: nets.Params | None = None) -> CertifiedEdit:
     """The certified edit of one network (module docstring). ``target``: the requirement's (default:
     its own); ``config``: the box solver's settings (default :class:`certify.solver.LIDConfig`);
     rows: ``cert_samples`` (default ``min(4096, half)``) of the test split certify, ``heldout_samples``
-    (default: the rest) are held out, seeded by ``seed``; ``bias``
-    False solves the room without bias weights (for comparison); ``guarantee_kind="samples"`` certifies
-    tau on the certification rows instead (for data sets too small to hold enough rows out)."""
+    (default: the rest) are held out, seeded by ``seed``, or ``rows = (certification rows, held-out
+    rows)`` gives them; ``bias`` False solves the room without bias weights (for comparison);
+    ``guarantee_kind="samples"`` certifies tau on the certification rows instead (for data sets too
+    small to hold enough rows out); ``edited``: the editor's edit, already made at the float ``lam``
+    (it is then not edited again)."""
     started = time.perf_counter()
     tau = check_tau(tau)
     guarantee.check_guarantee(guarantee_kind, confidence)
@@ -194,34 +208,53 @@ def certified_edit(trained_editor: gmn.Editor, spec: nets.Spec, requirement: Req
     target = requirement.default_target() if target is None else requirement.check_target(target)
     nets.validate_params(spec, params)
     original = jax.tree.map(jnp.asarray, params)
-    edited, lam, _ = edit_network(trained_editor, spec, requirement, original, lam, target, dataset)
+    if edited is None:
+        edited, lam, _ = edit_network(trained_editor, spec, requirement, original, lam, target, dataset)
+    else:
+        check_lambda(lam)
+        nets.validate_params(spec, edited)
+        edited = jax.tree.map(jnp.asarray, edited)
     mask = edit_mask(edited)
     test, validation = split_batch(dataset, "test"), calibrate.validation_rows(dataset)
-
-    cert_count, heldout_count = lid.default_sample_counts(len(dataset.y_test), cert_samples, heldout_samples)
-    cert_rows, heldout_rows = lid.certification_rows(len(dataset.y_test), cert_count, heldout_count, seed)
+    if rows is None:
+        cert_count, heldout_count = lid.default_sample_counts(len(dataset.y_test), cert_samples, heldout_samples)
+        rows = lid.certification_rows(len(dataset.y_test), cert_count, heldout_count, seed)
+    cert_rows, heldout_rows = lid.given_rows(rows, len(dataset.y_test))
     x, y = test.x[cert_rows], test.y[cert_rows]
     heldout = (test.x[heldout_rows], test.y[heldout_rows])
+    if guarantee_kind == "distribution":  # an edit whose own held-out bound misses tau is refused before any solve
+        own = certificates.certificate(spec, box_around(edited), Constraint(x, y, tau), *heldout, confidence,
+                                       config.margin_tol)
+        if own.lower_bound < tau:
+            return _refused(spec, requirement, target, original, edited, lam, mask, validation, test, tau, config,
+                            confidence, started,
+                            f"the edit itself classifies {own.heldout_certified_accuracy:.4f} of the "
+                            f"{own.heldout_samples} held-out rows correctly; its {confidence:.0%} lower bound "
+                            f"{own.lower_bound:.4f} is below tau {tau}: lower tau, or try another lambda")
     reachable = certificates.point_certified_accuracy(spec, original, x, y, config.margin_tol)
     rate = (guarantee.solve_target(tau, len(heldout_rows), confidence, solve_margin, reachable)
             if guarantee_kind == "distribution" else tau)
     constraint = Constraint(x, y, rate)
-    frozen, _ = guarantee.unexercised_mask(spec, original, x)
-    problem = make_problem(spec, original, config, edit_bias(original, edited) if bias else None, frozen)
+    unexercised, frozen = guarantee.unexercised_mask(spec, original, x)
+    problem = make_problem(spec, original, config, edit_bias(original, edited) if bias else None, unexercised)
     room = lid.largest_meeting_target(problem, solve_fastest(problem, (constraint,)), constraint)
     projected = project_keeping_mask(room.domain, edited, mask)
 
-    def complies(candidate) -> bool:  # weight requirements ignore the rows
-        return requirement.complies(float(requirement.exact(spec, candidate, validation)), target)
+    def complies(candidate, margin: float = 0.0) -> bool:  # weight requirements ignore the rows
+        strict = target + margin if requirement.higher_is_compliant else target - margin
+        return requirement.complies(float(requirement.exact(spec, candidate, validation)), strict)
 
-    projected_complies = complies(projected)
+    # the projected edit must comply with calibration's margin (half the requirement's safety margin)
+    edit_complies, projected_complies = complies(edited), complies(projected, requirement.safety_margin / 2)
     inside = room.domain.contains(projected) and projected_complies
     lids, message = None, ""
     try:
         if inside:
             room = room._replace(domain=collapse_mask(room.domain, mask))
+            test_of_scales = None
             if guarantee_kind == "distribution":
-                found, _ = lid.guaranteed(spec, projected, room, constraint, heldout, tau, confidence, config)
+                found, test_of_scales = lid.guaranteed(spec, projected, room, constraint, heldout, tau, confidence,
+                                                       config)
             else:  # the room met tau on the certification rows when solved, unless no snapshot did
                 own = certificates.certificate(spec, room.domain, constraint, *heldout, confidence, config.margin_tol,
                                                config.bound)
@@ -229,7 +262,8 @@ def certified_edit(trained_editor: gmn.Editor, spec: nets.Spec, requirement: Req
                 inside = own.holds
             if inside:
                 lids = lid.NetworkLIDs([found], cert_rows, heldout_rows, time.perf_counter() - started,
-                                       guarantee=guarantee_kind, confidence=confidence, target=rate)
+                                       guarantee=guarantee_kind, confidence=confidence, target=rate, frozen=frozen,
+                                       scale_test=test_of_scales)
         if not inside:
             lids = lid.for_network(spec, edited, dataset, tau, config, guarantee_kind=guarantee_kind,
                                    confidence=confidence, solve_margin=solve_margin, rows=(cert_rows, heldout_rows),
@@ -243,7 +277,7 @@ def certified_edit(trained_editor: gmn.Editor, spec: nets.Spec, requirement: Req
         params=None if lids is None else point, edit=edited, lam=lam,
         masked=int(sum(int(m.sum()) for m in jax.tree.leaves(mask))),
         resolution="none" if lids is None else ("inside" if inside else "re-solved"),
-        projected_complies=projected_complies, conflict=not inside,
+        edit_complies=edit_complies, projected_complies=projected_complies, conflict=edit_complies and not inside,
         kept_move=_kept_move(original, edited, projected, mask),
         lids=lids, value_edit=value_edit,
         compliant_edit=requirement.complies(value_edit, target), value=value,
@@ -253,6 +287,21 @@ def certified_edit(trained_editor: gmn.Editor, spec: nets.Spec, requirement: Req
         accuracy=float(accuracy(spec, point, test.x, test.y)),
         lower_bound=0.0 if lids is None else float(lids.best.certificates[0].lower_bound),
         bound=config.bound, tau=tau, confidence=confidence, message=message, seconds=time.perf_counter() - started)
+
+
+def _refused(spec, requirement, target, original, edited, lam, mask, validation, test, tau, config, confidence,
+             started, message) -> CertifiedEdit:
+    """The outcome for an edit refused before any solve (nothing certified, nothing projected)."""
+    complies = requirement.complies(float(requirement.exact(spec, edited, validation)), target)
+    value = float(requirement.exact(spec, edited, test))
+    before, after = (float(accuracy(spec, p, test.x, test.y)) for p in (original, edited))
+    compliant, masked = requirement.complies(value, target), int(sum(int(m.sum()) for m in jax.tree.leaves(mask)))
+    return CertifiedEdit(params=None, edit=edited, lam=lam, masked=masked,
+                         resolution="none", edit_complies=complies, projected_complies=False, conflict=None,
+                         kept_move=float("nan"), lids=None, value_edit=value, compliant_edit=compliant, value=value,
+                         compliant=compliant, accuracy_original=before, accuracy_edit=after, accuracy=after,
+                         lower_bound=0.0, bound=config.bound, tau=tau, confidence=confidence, message=message,
+                         seconds=time.perf_counter() - started)
 
 
 def save(directory: str, spec: nets.Spec, result: CertifiedEdit, dataset: Dataset, margin_tol: float | None = None,

@@ -174,7 +174,7 @@ def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, 
     for kind in guarantee.GUARANTEES:  # distribution first; too few held-out rows for it: the samples
         result = certified.certified_edit(trained_editor, spec, requirement, original, dataset, lam, tau, plan.target,
                                           plan.lid, seed=config.seed, cert_samples=plan.cert_samples,
-                                          heldout_samples=plan.heldout_samples, guarantee_kind=kind)
+                                          heldout_samples=plan.heldout_samples, guarantee_kind=kind, edited=edited)
         if result.certified:
             break
         fallback = fallback or result.message

@@ -75,9 +75,17 @@ def _edit_command(args: argparse.Namespace) -> int:
         if args.tau is None:
             raise CertificateError("--certify needs --tau, the held-out lower bound to keep on accuracy")
         certified.check_tau(args.tau)
+        args.confidence = 0.95 if args.confidence is None else args.confidence
         guarantee.check_guarantee("distribution", args.confidence)
-    elif args.tau is not None:
-        raise CertificateError("--tau is for --certify: add --certify, or leave --tau out")
+        args.lid_out = args.lid_out or str(Path(args.out).with_suffix("")) + ".lid"
+        if Path(args.lid_out).exists():
+            raise CertificateError(f"{args.lid_out} exists: remove it, or name another LID directory with --lid-out")
+    else:
+        given = [f for f in ("tau", "confidence", "bound", "lid_out") if getattr(args, f) is not None]
+        if given:
+            raise CertificateError(f"--{given[0].replace('_', '-')} is for --certify: add --certify, or leave it out")
+    if Path(args.out).is_dir():
+        raise CertificateError(f"--out {args.out} is a directory: name the params file (.npz) to write")
     trained_editor, spec, dataset, requirement = _load(args.editor)
     if args.lambda_ != "auto":
         editor.check_lambda(args.lambda_)
@@ -106,15 +114,18 @@ def _edit_command(args: argparse.Namespace) -> int:
 
 
 def _certified_edit(args, trained_editor, spec, requirement, params, dataset, target) -> int:
-    lid_dir = args.lid_out or str(Path(args.out).with_suffix("")) + ".lid"
-    print(f"certified edit: editing at lambda {args.lambda_}, then a box LID ({args.bound} bounds) whose "
+    lid_dir, bound = args.lid_out, args.bound or "interval"
+    print(f"certified edit: editing at lambda {args.lambda_}, then a box LID ({bound} bounds) whose "
           f"{args.confidence:.0%} held-out lower bound on accuracy is >= {args.tau}", file=sys.stderr)
-    config = LIDConfig(bound=args.bound)
+    config = LIDConfig(bound=bound)
     result = certified.certified_edit(trained_editor, spec, requirement, params, dataset, args.lambda_, args.tau,
                                       target, config, args.confidence)
     if not result.certified:
         raise LIDError(f"no LID certifies the edit (lambda {result.lam}, test accuracy {result.accuracy:.4f}, "
                        f"{requirement.name} {result.value:.4f}): {result.message}")
+    if not result.compliant:
+        print(f"the certified edit does NOT meet the requirement on the test split: {requirement.name} "
+              f"{result.value:.4f}, target {target} (try another --lambda)", file=sys.stderr)
     certified.save(lid_dir, spec, result, dataset, config.margin_tol, extra={"requirement": requirement.name})
     _save_params(args.out, spec, result.params)
     summary = {**result.row(), "requirement": requirement.name, "target": target, "lid": lid_dir, "out": args.out}
@@ -182,10 +193,9 @@ def register(commands) -> None:
                              "held-out lower bound on accuracy is >= --tau; written beside --out (see --lid-out) "
                              "(default: off, the plain edit)")
     parser.add_argument("--tau", type=float, help="with --certify: the accuracy to guarantee, in (0, 1] (no default)")
-    parser.add_argument("--confidence", type=float, default=0.95,
+    parser.add_argument("--confidence", type=float,
                         help="with --certify: confidence of the held-out lower bound, in (0, 1) (default: 0.95)")
-    parser.add_argument("--bound", choices=BOUNDS, default="interval",
-                        help="with --certify: bound propagation (default: interval)")
+    parser.add_argument("--bound", choices=BOUNDS, help="with --certify: bound propagation (default: interval)")
     parser.add_argument("--lid-out", help="with --certify: the LID directory (default: --out without its suffix, "
                                           "plus .lid)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the requirement's value, "

@@ -47,6 +47,7 @@ def test_certified_edit_summary_counts_rates_over_networks(tmp_path):
     def row(method, network, compliant, bound, certified=True, conflict=None, point=None):
         return {"requirement": "pruning", "network": network, "tau": 0.8, "method": method, "compliant": compliant,
                 "accuracy_change": -0.01 * network, "certified": certified, "conflict": conflict,
+                "edit_complies": None if conflict is None else network == 0,
                 "certified_accuracy_lower_bound": bound, "point_lower_bound": point, "kept_move": 0.5,
                 "seconds": 1.0 + network, "requirement_value": 0.9}
 
@@ -56,6 +57,7 @@ def test_certified_edit_summary_counts_rates_over_networks(tmp_path):
     summary = {r["method"]: r for r in certified_edit.summarise(rows)}
     assert summary["plain edit"]["certified_rate"] == 0.5 and summary["plain edit"]["both_rate"] == 0.5
     assert summary["certified edit"]["certified_rate"] == 0.5 and summary["certified edit"]["conflict_rate"] == 1.0
+    assert summary["certified edit"]["edit_complies_rate"] == 0.5  # the conflict rate counts complying edits only
     assert summary["certified edit"]["bound_minus_tau"] == pytest.approx(0.005)  # over the certified network only
     assert summary["fine-tuning inside the LID"]["both_rate"] == 0.0
     assert summary["fine-tuning inside the LID"]["compliance_rate"] == 0.0

@@ -76,6 +76,7 @@ def test_certified_edit_is_compliant_inside_its_lid_and_keeps_the_zeros(network,
     result = certified.certified_edit(None, spec, requirement, params, breast_cancer, 0.5, 0.6, target,
                                       LIDConfig(steps=60, snapshot_every=20))
     assert result.resolution == resolution, result.message
+    assert result.edit_complies and result.conflict == (resolution == "re-solved")
     assert result.certified and result.compliant and result.lower_bound >= 0.6
     domain = result.lids.best.domain
     assert domain.contains(result.params)

@@ -204,6 +204,8 @@ def _certified_edit_then_check(editor_dir, member, spec, tmp_path, capsys):
         ([*edit, "--certify", "--tau", "1.5"], "tau must lie in (0, 1], got 1.5"),
         ([*edit, "--certify"], "--certify needs --tau"),
         ([*edit, "--tau", "0.6"], "--tau is for --certify"),
+        ([*edit, "--confidence", "0.9"], "--confidence is for --certify"),
+        ([*edit, "--certify", "--tau", "0.6", "--lid-out", summary["lid"]], "exists: remove it"),
         (["edit", "--editor", str(editor_dir), "--params", str(other), "--lambda", "0.5", "--certify", "--tau", "0.6"],
          "the editor was trained on"),
     ]:
