@@ -230,9 +230,3 @@ def test_mixed_zoo_trains_one_editor_that_edits_an_unseen_architecture(tmp_path,
     assert main(["evaluate", "--editor", str(out), "--zoo", str(unseen), "--lambdas", "1", "--no-auto", "--json"]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["lambda"] == 1.0 and 0 <= row["compliance_rate"] <= 1
-    other = tmp_path / "digits"
-    assert main(["zoo", "--dataset", "digits", "--members", "4", "--epochs", "1", "--arch", "mlp:8", "--no-progress",
-                 "--out", str(other)]) == 0
-    capsys.readouterr()
-    assert main(["evaluate", "--editor", str(out), "--zoo", str(other), "--lambdas", "1"]) == 2
-    assert "the editor was trained on" in capsys.readouterr().err

@@ -26,11 +26,16 @@ def test_projected_training_never_leaves_its_domain(sequence):
     zonotope = domains.zonotope_around(params, 3, radius=0.005, generators=generators)
     for domain in (box, zonotope):
         tx = project.projected(optax.adam(0.05), domain)
-        p, state = params, tx.init(params)
-        for i in range(25):
+
+        @jax.jit
+        def step(p, state, tx=tx):
             grads = jax.grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(nets.apply(spec, q, x), y).mean())(p)
             updates, state = tx.update(grads, state, p)
-            p = optax.apply_updates(p, updates)
+            return optax.apply_updates(p, updates), state
+
+        p, state = params, tx.init(params)
+        for i in range(25):
+            p, state = step(p, state)
             assert domain.contains(p, rtol=1e-6), (type(domain).__name__, i)
         assert float(project.distance(p, params)) > 0  # it did move
     moved = params
@@ -52,8 +57,9 @@ def test_meta_gradient_through_the_lid_solve_matches_finite_differences(sequence
         nx = jnp.asarray(sequence.x_train[1][:16], jnp.float64)
         ny = jnp.asarray(sequence.y_train[1][:16])
         phi = jax.tree.map(lambda p: 0.3 * jax.random.normal(jax.random.key(4), p.shape, jnp.float64), params)
-        loss = lambda f: safe.lookahead_loss(f, spec, params, constraints, config, nx, ny, jax.random.key(5))  # noqa: E731
-        grads = jax.grad(loss)(phi)
+        loss = jax.jit(lambda f: safe.lookahead_loss(f, spec, params, constraints, config, nx, ny,
+                                                     jax.random.key(5)))
+        grads = jax.jit(jax.grad(loss))(phi)
         norm = float(jnp.sqrt(sum((g ** 2).sum() for g in jax.tree.leaves(grads))))
         assert np.isfinite(norm) and norm > 1e-8
         direction = jax.tree.map(lambda g: g / norm, grads)  # the steepest direction: a large, clean signal
