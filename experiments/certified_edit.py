@@ -30,9 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from certify import certificates, lid
-from certify.certificates import Constraint
-from certify.domains import Box, box_around
+from certify import lid
+from certify.domains import Box
 from certify.solver import LIDConfig
 from experiments import compliance
 from experiments.configs import fairness, minimisation, pruning
@@ -78,10 +77,15 @@ def _finetune_inside(spec, requirement, params, box: Box, data, key, target, wei
     return state.params
 
 
-def _outcome(spec, requirement, target, params, original, test) -> dict:
-    value = float(requirement.exact(spec, params, test))
-    return {"requirement_value": value, "compliant": requirement.complies(value, target),
-            "accuracy_change": float(accuracy(spec, params, test.x, test.y) - accuracy(spec, original, test.x, test.y))}
+CERTIFIED_COLUMNS = ("lambda", "requirement_value", "compliant", "accuracy_change", "certified",
+                     "certified_accuracy_lower_bound", "resolution", "conflict", "edit_complies", "projected_complies",
+                     "kept_move", "masked_parameters", "seconds")
+"""The columns of a certified edit's row (:meth:`metaedit.certified.CertifiedEdit.row`) the tables keep."""
+
+
+def _certified_row(result: certified.CertifiedEdit, method: str) -> dict:
+    row = result.row()
+    return {"method": method, **{k: row[k] for k in CERTIFIED_COLUMNS}, "message": result.message}
 
 
 def one_requirement(config: Config, name: str) -> list[dict]:
@@ -94,7 +98,6 @@ def one_requirement(config: Config, name: str) -> list[dict]:
     lid_config = LIDConfig(bound=config.bound)
     cert_rows, heldout_rows = lid.certification_rows(len(dataset.y_test),
                                                      *lid.default_sample_counts(len(dataset.y_test)), 0)
-    heldout = (test.x[heldout_rows], test.y[heldout_rows])
     rows = []
     for i in range(count):
         original = jax.tree.map(lambda a: jnp.asarray(a[i]), held_out)
@@ -102,32 +105,19 @@ def one_requirement(config: Config, name: str) -> list[dict]:
         common = {"requirement": name, "network": i, "target": target, "tau": tau}
         result = certified.certified_edit(setup.editor, spec, requirement, original, dataset, "auto", tau, target,
                                           lid_config, config.confidence, rows=(cert_rows, heldout_rows))
-        point = certificates.certificate(spec, box_around(result.edit), Constraint(test.x[:1], test.y[:1], tau),
-                                         *heldout, config.confidence)
         rows.append({**common, "method": "plain edit", "lambda": result.lam,
-                     **_outcome(spec, requirement, target, result.edit, original, test),
-                     "certified_accuracy_lower_bound": None, "point_lower_bound": point.lower_bound,
+                     **certified.outcome(spec, requirement, target, result.edit, original, test),
+                     "certified_accuracy_lower_bound": None, "point_lower_bound": result.edit_lower_bound,
                      "seconds": None})
-        row = result.row()
-        rows.append({**common, "method": "certified edit", "lambda": result.lam,
-                     "requirement_value": row["requirement_value"], "compliant": row["compliant"],
-                     "accuracy_change": row["accuracy_change"], "certified": row["certified"],
-                     "certified_accuracy_lower_bound": row["certified_accuracy_lower_bound"],
-                     "resolution": row["resolution"], "conflict": row["conflict"],
-                     "edit_complies": row["edit_complies"], "projected_complies": row["projected_complies"], "kept_move": row["kept_move"],
-                     "masked_parameters": row["masked_parameters"], "seconds": row["seconds"],
-                     "message": result.message})
+        row = _certified_row(result, "certified edit")
+        rows.append({**common, **row})
         rows.append({**common, **_inside_lid(config, spec, requirement, target, original, dataset, tau, lid_config,
                                              (cert_rows, heldout_rows), train, test)})
         if i < config.ablation_networks:
             plain = certified.certified_edit(setup.editor, spec, requirement, original, dataset, result.lam, tau,
                                              target, lid_config, config.confidence, bias=False,
-                                             rows=(cert_rows, heldout_rows), edited=result.edit).row()
-            rows.append({**common, "method": "certified edit (no bias)", "lambda": plain["lambda"],
-                         **{k: plain[k] for k in ("requirement_value", "compliant", "accuracy_change", "certified",
-                                                  "certified_accuracy_lower_bound", "resolution", "conflict",
-                                                  "edit_complies", "projected_complies", "kept_move",
-                                                  "seconds")}})
+                                             rows=(cert_rows, heldout_rows), edited=result.edit)
+            rows.append({**common, **_certified_row(plain, "certified edit (no bias)")})
         print(f"{name} network {i}: tau {tau}, certified edit {row['resolution']}, compliant {row['compliant']}, "
               f"bound {row['certified_accuracy_lower_bound']:.4f}", flush=True)
     return rows
@@ -144,7 +134,8 @@ def _inside_lid(config, spec, requirement, target, original, dataset, tau, lid_c
     tuned = _finetune_inside(spec, requirement, original, box, train, jax.random.key(0), target,
                              config.finetune_weight, config.finetune_steps)
     bound = found.best.certificates[0].lower_bound
-    return {"method": "fine-tuning inside the LID", **_outcome(spec, requirement, target, tuned, original, test),
+    return {"method": "fine-tuning inside the LID",
+            **certified.outcome(spec, requirement, target, tuned, original, test),
             "certified": bool(box.contains(tuned) and bound >= tau), "certified_accuracy_lower_bound": bound,
             "seconds": time.perf_counter() - started}
 

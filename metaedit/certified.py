@@ -64,6 +64,7 @@ from metaedit.datasets import Dataset
 from metaedit.editor import check_lambda, condition
 from metaedit.requirements import Requirement
 from metaedit.requirements.base import accuracy
+from metaedit.training import Batch
 
 RESOLUTIONS = ("inside", "re-solved")
 """How a certified edit was certified (module docstring, step 4)."""
@@ -85,7 +86,8 @@ class CertifiedEdit(NamedTuple):
     lids: the certified LID (:class:`certify.lid.NetworkLIDs`, None when not certified); value_edit
     / value: the requirement on the test split for the edit / the certified edit; compliant_edit /
     compliant: the same, against the target; accuracy_original / accuracy_edit / accuracy: test
-    accuracy; lower_bound: the certified edit's held-out lower bound (0 when not certified); bound:
+    accuracy; lower_bound: the certified edit's held-out lower bound (0 when not certified);
+    edit_lower_bound: the plain edit's own held-out bound (that one network, no region); bound:
     the bound kind certified with; message: why it is not certified ("" when it is); seconds: wall
     time, the edit included.
     """
@@ -108,6 +110,7 @@ class CertifiedEdit(NamedTuple):
     accuracy_edit: float
     accuracy: float
     lower_bound: float
+    edit_lower_bound: float
     bound: str
     tau: float
     confidence: float
@@ -128,8 +131,18 @@ class CertifiedEdit(NamedTuple):
                 "accuracy_original": self.accuracy_original, "accuracy_edit": self.accuracy_edit,
                 "accuracy": self.accuracy, "accuracy_change": self.accuracy - self.accuracy_original,
                 "accuracy_change_edit": self.accuracy_edit - self.accuracy_original,
-                "certified_accuracy_lower_bound": self.lower_bound, "tau": self.tau, "confidence": self.confidence,
+                "certified_accuracy_lower_bound": self.lower_bound, "edit_lower_bound": self.edit_lower_bound,
+                "tau": self.tau, "confidence": self.confidence,
                 "seconds": self.seconds}
+
+
+def outcome(spec: nets.Spec, requirement: Requirement, target: float, params: nets.Params, original: nets.Params,
+            test: Batch) -> dict:
+    """An edit's ``requirement_value`` and ``compliant`` on the test split, and its ``accuracy_change``
+    from ``original`` there."""
+    value = float(requirement.exact(spec, params, test))
+    return {"requirement_value": value, "compliant": requirement.complies(value, target),
+            "accuracy_change": float(accuracy(spec, params, test.x, test.y) - accuracy(spec, original, test.x, test.y))}
 
 
 def edit_mask(edited: nets.Params) -> nets.Params:
@@ -222,54 +235,57 @@ def certified_edit(trained_editor: gmn.Editor, spec: nets.Spec, requirement: Req
     cert_rows, heldout_rows = lid.given_rows(rows, len(dataset.y_test))
     x, y = test.x[cert_rows], test.y[cert_rows]
     heldout = (test.x[heldout_rows], test.y[heldout_rows])
-    if guarantee_kind == "distribution":  # an edit whose own held-out bound misses tau is refused before any solve
-        own = certificates.certificate(spec, box_around(edited), Constraint(x, y, tau), *heldout, confidence,
-                                       config.margin_tol)
-        if own.lower_bound < tau:
-            return _refused(spec, requirement, target, original, edited, lam, mask, validation, test, tau, config,
-                            confidence, started,
-                            f"the edit itself classifies {own.heldout_certified_accuracy:.4f} of the "
-                            f"{own.heldout_samples} held-out rows correctly; its {confidence:.0%} lower bound "
-                            f"{own.lower_bound:.4f} is below tau {tau}: lower tau, or try another lambda")
-    reachable = certificates.point_certified_accuracy(spec, original, x, y, config.margin_tol)
-    rate = (guarantee.solve_target(tau, len(heldout_rows), confidence, solve_margin, reachable)
-            if guarantee_kind == "distribution" else tau)
-    constraint = Constraint(x, y, rate)
-    unexercised, frozen = guarantee.unexercised_mask(spec, original, x)
-    problem = make_problem(spec, original, config, edit_bias(original, edited) if bias else None, unexercised)
-    room = lid.largest_meeting_target(problem, solve_fastest(problem, (constraint,)), constraint)
-    projected = project_keeping_mask(room.domain, edited, mask)
+    # the edit's own held-out bound (no region); with the distribution guarantee, an edit whose bound
+    # misses tau is refused before any solve
+    own = certificates.certificate(spec, box_around(edited), Constraint(x, y, tau), *heldout, confidence,
+                                   config.margin_tol)
 
     def complies(candidate, margin: float = 0.0) -> bool:  # weight requirements ignore the rows
         strict = target + margin if requirement.higher_is_compliant else target - margin
         return requirement.complies(float(requirement.exact(spec, candidate, validation)), strict)
 
-    # the projected edit must comply with calibration's margin (half the requirement's safety margin)
-    edit_complies, projected_complies = complies(edited), complies(projected, requirement.safety_margin / 2)
-    inside = room.domain.contains(projected) and projected_complies
-    lids, message = None, ""
-    try:
-        if inside:
-            room = room._replace(domain=collapse_mask(room.domain, mask))
-            test_of_scales = None
-            if guarantee_kind == "distribution":
-                found, test_of_scales = lid.guaranteed(spec, projected, room, constraint, heldout, tau, confidence,
-                                                       config)
-            else:  # the room met tau on the certification rows when solved, unless no snapshot did
-                own = certificates.certificate(spec, room.domain, constraint, *heldout, confidence, config.margin_tol,
-                                               config.bound)
-                found = room._replace(certificates=(own,))
-                inside = own.holds
+    edit_complies = complies(edited)
+    refused = guarantee_kind == "distribution" and own.lower_bound < tau
+    if refused:
+        projected, projected_complies, inside, lids = edited, False, False, None
+        message = (f"the edit itself classifies {own.heldout_certified_accuracy:.4f} of the {own.heldout_samples} "
+                   f"held-out rows correctly; its {confidence:.0%} lower bound {own.lower_bound:.4f} is below tau "
+                   f"{tau}: lower tau, or try another lambda")
+    else:
+        reachable = certificates.point_certified_accuracy(spec, original, x, y, config.margin_tol)
+        rate = (guarantee.solve_target(tau, len(heldout_rows), confidence, solve_margin, reachable)
+                if guarantee_kind == "distribution" else tau)
+        constraint = Constraint(x, y, rate)
+        unexercised, frozen = guarantee.unexercised_mask(spec, original, x)
+        problem = make_problem(spec, original, config, edit_bias(original, edited) if bias else None, unexercised)
+        room = lid.largest_meeting_target(problem, solve_fastest(problem, (constraint,)), constraint)
+        projected = project_keeping_mask(room.domain, edited, mask)
+        # the projected edit must comply with calibration's margin (half the requirement's safety margin)
+        projected_complies = complies(projected, requirement.safety_margin / 2)
+        inside = room.domain.contains(projected) and projected_complies
+        lids, message = None, ""
+        try:
             if inside:
-                lids = lid.NetworkLIDs([found], cert_rows, heldout_rows, time.perf_counter() - started,
-                                       guarantee=guarantee_kind, confidence=confidence, target=rate, frozen=frozen,
-                                       scale_test=test_of_scales)
-        if not inside:
-            lids = lid.for_network(spec, edited, dataset, tau, config, guarantee_kind=guarantee_kind,
-                                   confidence=confidence, solve_margin=solve_margin, rows=(cert_rows, heldout_rows),
-                                   fixed=mask)
-    except LIDError as error:
-        message = str(error)
+                room = room._replace(domain=collapse_mask(room.domain, mask))
+                test_of_scales = None
+                if guarantee_kind == "distribution":
+                    found, test_of_scales = lid.guaranteed(spec, projected, room, constraint, heldout, tau,
+                                                           confidence, config)
+                else:  # the room met tau on the certification rows when solved, unless no snapshot did
+                    held = certificates.certificate(spec, room.domain, constraint, *heldout, confidence,
+                                                    config.margin_tol, config.bound)
+                    found = room._replace(certificates=(held,))
+                    inside = held.holds
+                if inside:
+                    lids = lid.NetworkLIDs([found], cert_rows, heldout_rows, time.perf_counter() - started,
+                                           guarantee=guarantee_kind, confidence=confidence, target=rate,
+                                           frozen=frozen, scale_test=test_of_scales)
+            if not inside:
+                lids = lid.for_network(spec, edited, dataset, tau, config, guarantee_kind=guarantee_kind,
+                                       confidence=confidence, solve_margin=solve_margin,
+                                       rows=(cert_rows, heldout_rows), fixed=mask)
+        except LIDError as error:
+            message = str(error)
     point = projected if inside else edited
     value_edit = float(requirement.exact(spec, edited, test))
     value = float(requirement.exact(spec, point, test))
@@ -277,8 +293,9 @@ def certified_edit(trained_editor: gmn.Editor, spec: nets.Spec, requirement: Req
         params=None if lids is None else point, edit=edited, lam=lam,
         masked=int(sum(int(m.sum()) for m in jax.tree.leaves(mask))),
         resolution="none" if lids is None else ("inside" if inside else "re-solved"),
-        edit_complies=edit_complies, projected_complies=projected_complies, conflict=edit_complies and not inside,
-        kept_move=_kept_move(original, edited, projected, mask),
+        edit_complies=edit_complies, projected_complies=projected_complies,
+        conflict=None if refused else edit_complies and not inside,
+        kept_move=float("nan") if refused else _kept_move(original, edited, projected, mask),
         lids=lids, value_edit=value_edit,
         compliant_edit=requirement.complies(value_edit, target), value=value,
         compliant=requirement.complies(value, target),
@@ -286,22 +303,8 @@ def certified_edit(trained_editor: gmn.Editor, spec: nets.Spec, requirement: Req
         accuracy_edit=float(accuracy(spec, edited, test.x, test.y)),
         accuracy=float(accuracy(spec, point, test.x, test.y)),
         lower_bound=0.0 if lids is None else float(lids.best.certificates[0].lower_bound),
-        bound=config.bound, tau=tau, confidence=confidence, message=message, seconds=time.perf_counter() - started)
-
-
-def _refused(spec, requirement, target, original, edited, lam, mask, validation, test, tau, config, confidence,
-             started, message) -> CertifiedEdit:
-    """The outcome for an edit refused before any solve (nothing certified, nothing projected)."""
-    complies = requirement.complies(float(requirement.exact(spec, edited, validation)), target)
-    value = float(requirement.exact(spec, edited, test))
-    before, after = (float(accuracy(spec, p, test.x, test.y)) for p in (original, edited))
-    compliant, masked = requirement.complies(value, target), int(sum(int(m.sum()) for m in jax.tree.leaves(mask)))
-    return CertifiedEdit(params=None, edit=edited, lam=lam, masked=masked,
-                         resolution="none", edit_complies=complies, projected_complies=False, conflict=None,
-                         kept_move=float("nan"), lids=None, value_edit=value, compliant_edit=compliant, value=value,
-                         compliant=compliant, accuracy_original=before, accuracy_edit=after, accuracy=after,
-                         lower_bound=0.0, bound=config.bound, tau=tau, confidence=confidence, message=message,
-                         seconds=time.perf_counter() - started)
+        edit_lower_bound=own.lower_bound, bound=config.bound, tau=tau, confidence=confidence, message=message,
+        seconds=time.perf_counter() - started)
 
 
 def save(directory: str, spec: nets.Spec, result: CertifiedEdit, dataset: Dataset, margin_tol: float | None = None,

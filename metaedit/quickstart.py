@@ -161,10 +161,10 @@ def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, 
     bar = tqdm(total=3, desc="certifying", unit="stage", disable=not config.progress)
     original = jax.tree.map(lambda leaf: leaf[0], held_out)
     edited, lam, _ = certified.edit_network(trained_editor, spec, requirement, original, "auto", plan.target, dataset)
+    cert_rows, heldout_rows = lid.certification_rows(len(dataset.y_test), plan.cert_samples, plan.heldout_samples,
+                                                     config.seed)
     tau = config.tau
     if tau is None:  # from the certification rows only: 3 points under the edit, less the held-out bound's slack
-        cert_rows, heldout_rows = lid.certification_rows(len(dataset.y_test), plan.cert_samples, plan.heldout_samples,
-                                                         config.seed)
         point = certificates.point_certified_accuracy(spec, edited, dataset.x_test[cert_rows],
                                                       dataset.y_test[cert_rows])
         slack = guarantee.needed_rate(point, len(heldout_rows), 0.95) - point
@@ -173,8 +173,8 @@ def _certify_one(plan: Plan, trained_editor: gmn.Editor, held_out: nets.Params, 
     fallback = None
     for kind in guarantee.GUARANTEES:  # distribution first; too few held-out rows for it: the samples
         result = certified.certified_edit(trained_editor, spec, requirement, original, dataset, lam, tau, plan.target,
-                                          plan.lid, seed=config.seed, cert_samples=plan.cert_samples,
-                                          heldout_samples=plan.heldout_samples, guarantee_kind=kind, edited=edited)
+                                          plan.lid, guarantee_kind=kind, rows=(cert_rows, heldout_rows),
+                                          edited=edited)
         if result.certified:
             break
         fallback = fallback or result.message

@@ -17,7 +17,6 @@ from metaedit import certified, compare, datasets, editor, gmn, nets, zoo
 from metaedit.baselines import split_batch
 from metaedit.cli import flags
 from metaedit.gmn import EditorError
-from metaedit.requirements.base import accuracy
 
 
 def _train_editor_command(args: argparse.Namespace) -> int:
@@ -102,12 +101,8 @@ def _edit_command(args: argparse.Namespace) -> int:
                                          "validation rows; this is the most compliant edit, target ") + str(target),
               file=sys.stderr)
     _save_params(args.out, spec, edited)
-    test = split_batch(dataset, "test")
-    value = float(requirement.exact(spec, edited, test))
-    summary = {"lambda": lam, "requirement": requirement.name, "target": target, "requirement_value": value,
-               "compliant": requirement.complies(value, target),
-               "accuracy_change": float(accuracy(spec, edited, test.x, test.y)
-                                        - accuracy(spec, params, test.x, test.y)),
+    summary = {"lambda": lam, "requirement": requirement.name, "target": target,
+               **certified.outcome(spec, requirement, target, edited, params, split_batch(dataset, "test")),
                "out": args.out}
     _print_edit(summary, args.json)
     return 0
