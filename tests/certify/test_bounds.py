@@ -114,7 +114,7 @@ def test_zonotope_is_never_looser_than_its_interval_hull():
     assert bool((affine >= hull).all()) and bool((affine > hull).any())
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     widths=st.lists(st.integers(1, 5), min_size=0, max_size=2),
     inputs=st.integers(1, 4),

@@ -98,7 +98,7 @@ def test_unknown_bound_is_refused():
         bounds.output_bounds(spec, domains.box_around(params), jnp.zeros((1, 6)), jnp.zeros(1, jnp.int32), "crown")
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     widths=st.lists(st.integers(1, 5), min_size=0, max_size=3),
     inputs=st.integers(1, 4),
