@@ -21,33 +21,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from certify import bounds
 from certify.domains import Domain
 from metaedit import nets
 
 
-def _margins(spec, params, x, y):
-    """[B] logit_y - max_{k != y} logit_k of one network."""
-    logits = nets.apply(spec, params, x)
-    true = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
-    return true - jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits).max(axis=1)
+def _margins(spec, params, x, y, competitors=None):
+    """[B] logit_y - max_{k != y} logit_k of one network (k among ``competitors`` [C] bool when given)."""
+    return bounds.margins(nets.apply(spec, params, x), y, competitors)
 
 
 @functools.partial(jax.jit, static_argnames="spec")
-def _wrong(spec, stacked, x, y):
+def _wrong(spec, stacked, x, y, competitors):
     """[B] whether any of the stacked parameter vectors [P, ...] misclassifies each sample."""
-    return (jax.vmap(lambda p: _margins(spec, p, x, y))(stacked) <= 0).any(axis=0)
+    return (jax.vmap(lambda p: _margins(spec, p, x, y, competitors))(stacked) <= 0).any(axis=0)
 
 
 def sampled_violations(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, count: int, key: jax.Array,
-                       chunk: int = 512) -> jax.Array:
+                       chunk: int = 512, competitors: jax.Array | None = None) -> jax.Array:
     """[B] bool: the samples x [B, ...] (labels y [B]) that some sampled parameter vector misclassifies,
-    over ``count`` uniform draws and ``count`` vertices of ``domain``."""
+    over ``count`` uniform draws and ``count`` vertices of ``domain`` (among the ``competitors``
+    logits [C] bool when given)."""
     wrong = jnp.zeros(x.shape[0], bool)
     for start in range(0, count, chunk):
         size = min(chunk, count - start)
         for corners in (False, True):
             stacked = domain.sample(jax.random.fold_in(key, 2 * start + corners), size, corners=corners)
-            wrong = wrong | _wrong(spec, stacked, x, y)
+            wrong = wrong | _wrong(spec, stacked, x, y, competitors)
     return wrong
 
 
@@ -59,10 +59,10 @@ def _point(zonotope, e, z):
     return jax.tree.map(lambda p, g: p + jnp.tensordot(z, g, axes=(0, 0)), points, zonotope.generators)
 
 
-def _attack_one(spec, zonotope, x, y, key, steps):
+def _attack_one(spec, zonotope, x, y, key, steps, competitors):
     """The smallest margin of one sample (x [...], y []) found by signed projected gradient descent."""
     def margin(symbols):
-        return _margins(spec, _point(zonotope, *symbols), x[None], y[None])[0]
+        return _margins(spec, _point(zonotope, *symbols), x[None], y[None], competitors)[0]
 
     def descend(symbols):
         def body(carry, step):
@@ -84,17 +84,18 @@ def _attack_one(spec, zonotope, x, y, key, steps):
 
 
 def attacked_margins(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, key: jax.Array,
-                     steps: int = 40, chunk: int = 256) -> jax.Array:
-    """[B] the smallest margin that a per-sample attack finds in ``domain`` for each of x [B, ...], y [B]."""
+                     steps: int = 40, chunk: int = 256, competitors: jax.Array | None = None) -> jax.Array:
+    """[B] the smallest margin that a per-sample attack finds in ``domain`` for each of x [B, ...], y [B]
+    (against the ``competitors`` logits [C] bool when given)."""
     zonotope = domain.as_zonotope()
     keys = jax.random.split(key, x.shape[0])
-    return jnp.concatenate([_attack(spec, zonotope, x[i:i + chunk], y[i:i + chunk], keys[i:i + chunk], steps)
-                            for i in range(0, x.shape[0], chunk)])
+    return jnp.concatenate([_attack(spec, zonotope, x[i:i + chunk], y[i:i + chunk], keys[i:i + chunk], steps,
+                                    competitors) for i in range(0, x.shape[0], chunk)])
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "steps"))
-def _attack(spec, zonotope, x, y, keys, steps):
-    return jax.vmap(lambda xi, yi, k: _attack_one(spec, zonotope, xi, yi, k, steps))(x, y, keys)
+def _attack(spec, zonotope, x, y, keys, steps, competitors):
+    return jax.vmap(lambda xi, yi, k: _attack_one(spec, zonotope, xi, yi, k, steps, competitors))(x, y, keys)
 
 
 class Audit(NamedTuple):

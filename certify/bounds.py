@@ -12,7 +12,7 @@ The first layer is exact (the input is a point: A = 0, ar = 0). The last term is
 activation product of the shared symbols, added as an error term.
 ReLU: interval ReLU when r = 0; otherwise the standard zonotope relaxation (identity / zero for
 stable neurons; ``lambda a + mu +- mu`` with ``lambda = u / (u - l)``, ``mu = -lambda l / 2`` for
-crossing ones). Global average pooling is exact.
+crossing ones). A CNN's head input (global average pooling or flattening) is linear, so exact.
 
 :func:`output_bounds` gives logit bounds and a lower bound on each sample's margin (true-class
 logit minus the best other logit) over the whole domain; for a zonotope it keeps the better of the
@@ -108,9 +108,9 @@ def propagate(spec: nets.Spec, domain: Domain, x: jax.Array) -> Affine:
     a = Affine(x, jnp.zeros(x.shape + (rank,), x.dtype), jnp.zeros_like(x))
     all_layers = nets.layers(spec)
     for i, layer in enumerate(all_layers):
-        if isinstance(spec, nets.CNNSpec) and layer.kind == "dense":  # global average pooling
-            axes = tuple(range(1, 1 + spec.spatial_rank))
-            a = Affine(a.center.mean(axes), a.coefs.mean(axes), a.radius.mean(axes))
+        if isinstance(spec, nets.CNNSpec) and layer.kind == "dense":  # pooled or flattened: linear
+            a = Affine(nets.head_input(spec, a.center), nets.head_input(spec, a.coefs, trailing=1),
+                       nets.head_input(spec, a.radius))
         c, r, g = z.center[layer.name], z.radius[layer.name], z.generators[layer.name]
         a = _linear(layer, a, c["kernel"], g["kernel"], r["kernel"], c["bias"], g["bias"], r["bias"])
         if i < len(all_layers) - 1:
@@ -118,30 +118,45 @@ def propagate(spec: nets.Spec, domain: Domain, x: jax.Array) -> Affine:
     return a
 
 
-def _margin_lower(logits: Affine, y: jax.Array) -> jax.Array:
-    """min over j != y of a lower bound on logit_y - logit_j, using the shared symbols' cancellation."""
+def rivals(y: jax.Array, num_classes: int, competitors: jax.Array | None = None) -> jax.Array:
+    """[B, C] bool: the logits a sample's true logit must beat: every j != y, or only those where
+    ``competitors`` ([C] or [B, C] bool, e.g. a task-incremental task's own classes) is True."""
+    others = jnp.arange(num_classes)[None, :] != y[:, None]
+    return others if competitors is None else others & competitors
+
+
+def margins(logits: jax.Array, y: jax.Array, competitors: jax.Array | None = None) -> jax.Array:
+    """[B] a network's margin ``logit_y - max`` over the rivals (:func:`rivals`) for logits [B, C]."""
+    true = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+    return true - jnp.where(rivals(y, logits.shape[1], competitors), logits, -jnp.inf).max(axis=1)
+
+
+def _margin_lower(logits: Affine, y: jax.Array, competitors=None) -> jax.Array:
+    """min over the rivals j of a lower bound on logit_y - logit_j, using the shared symbols' cancellation."""
     take = lambda v: jnp.take_along_axis(v, y[:, None, None] if v.ndim == 3 else y[:, None], axis=1)  # noqa: E731
     diff_center = take(logits.center) - logits.center
     diff_coefs = take(logits.coefs) - logits.coefs
     diff_radius = take(logits.radius) + logits.radius
     lower = diff_center - jnp.abs(diff_coefs).sum(-1) - diff_radius
-    others = jnp.arange(logits.center.shape[1])[None, :] != y[:, None]
-    return jnp.where(others, lower, jnp.inf).min(axis=1)
+    return jnp.where(rivals(y, logits.center.shape[1], competitors), lower, jnp.inf).min(axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "bound"))
 def output_bounds(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, bound: str = "interval",
-                  slopes=None) -> Bounds:
+                  slopes=None, competitors: jax.Array | None = None) -> Bounds:
     """Logit bounds and margin lower bounds over ``domain`` for inputs x [B, ...] with labels y [B]
-    (jitted); ``slopes`` are the linear relaxation's lower ReLU slopes (see :mod:`certify.relaxation`)."""
+    (jitted); ``slopes`` are the linear relaxation's lower ReLU slopes (see :mod:`certify.relaxation`);
+    ``competitors`` ([C] or [B, C] bool, optional) limits the margin to those logits (a
+    task-incremental task's classes): an infinite margin where no rival is left."""
     check_bound(bound)
     box = domain.hull()
     hull = propagate(spec, box, x)
-    lo, hi, margin = hull.lower(), hull.upper(), _margin_lower(hull, y)
+    lo, hi, margin = hull.lower(), hull.upper(), _margin_lower(hull, y, competitors)
     if domain.rank:
         affine = propagate(spec, domain, x)
         lo, hi = jnp.maximum(lo, affine.lower()), jnp.minimum(hi, affine.upper())
-        margin = jnp.maximum(margin, _margin_lower(affine, y))
+        margin = jnp.maximum(margin, _margin_lower(affine, y, competitors))
     if bound == "linear":
-        margin = jnp.maximum(margin, relaxation.margin_lower(spec, box.center, box.radius, x, y, slopes))
+        margin = jnp.maximum(margin, relaxation.margin_lower(spec, box.center, box.radius, x, y, slopes,
+                                                             competitors=competitors))
     return Bounds(lo, hi, margin)

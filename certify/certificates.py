@@ -33,24 +33,28 @@ def default_margin_tol(dtype) -> float:
 
 class Constraint(NamedTuple):
     """``certified_accuracy(domain, x, y) >= tau``; x [n, *input_shape], y [n]. ``weight`` [n] (optional)
-    reweights samples (e.g. 1 / class frequency for a balanced accuracy)."""
+    reweights samples (e.g. 1 / class frequency for a balanced accuracy). ``competitors`` [C] bool
+    (optional): the logits a sample must beat, for this constraint's samples and its held-out ones
+    (a task-incremental task's own classes); None: all."""
 
     x: jax.Array
     y: jax.Array
     tau: float
     weight: jax.Array | None = None
+    competitors: jax.Array | None = None
 
 
 def certified(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, margin_tol: float | None = None,
-              bound: str = "interval") -> jax.Array:
-    """[n] bool: the samples certified over ``domain`` by the ``bound`` kind (:data:`certify.bounds.BOUNDS`)."""
+              bound: str = "interval", competitors: jax.Array | None = None) -> jax.Array:
+    """[n] bool: the samples certified over ``domain`` by the ``bound`` kind (:data:`certify.bounds.BOUNDS`),
+    against the ``competitors`` logits ([C] bool; None: all)."""
     tol = default_margin_tol(x.dtype) if margin_tol is None else margin_tol
-    return _certified(spec, domain, x, y, tol, bound)
+    return _certified(spec, domain, x, y, tol, bound, competitors)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "tol", "bound"))
-def _certified(spec, domain, x, y, tol, bound):
-    return output_bounds(spec, domain, x, y, bound).margin_lo > tol
+def _certified(spec, domain, x, y, tol, bound, competitors):
+    return output_bounds(spec, domain, x, y, bound, competitors=competitors).margin_lo > tol
 
 
 def weighted_mean(values: jax.Array, weight: jax.Array | None) -> jax.Array:
@@ -60,16 +64,17 @@ def weighted_mean(values: jax.Array, weight: jax.Array | None) -> jax.Array:
     return (values * weight).sum() / weight.sum()
 
 
-def point_certified_accuracy(spec: nets.Spec, params, x, y, margin_tol: float | None = None) -> float:
+def point_certified_accuracy(spec: nets.Spec, params, x, y, margin_tol: float | None = None,
+                             competitors: jax.Array | None = None) -> float:
     """The certified accuracy of the zero-size domain at ``params``: the fraction of (x, y) the
     network itself classifies correctly with a margin above the rounding tolerance."""
-    return float(certified_accuracy(spec, box_around(params), x, y, margin_tol=margin_tol))
+    return float(certified_accuracy(spec, box_around(params), x, y, margin_tol=margin_tol, competitors=competitors))
 
 
 def certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, margin_tol: float | None = None,
-                       bound: str = "interval") -> jax.Array:
+                       bound: str = "interval", competitors: jax.Array | None = None) -> jax.Array:
     """The (weighted) fraction of certified samples: a hard, piecewise-constant number."""
-    return weighted_mean(certified(spec, domain, x, y, margin_tol, bound).astype(x.dtype), weight)
+    return weighted_mean(certified(spec, domain, x, y, margin_tol, bound, competitors).astype(x.dtype), weight)
 
 
 def soft_and_hard_accuracy(spec: nets.Spec, domain: Domain, constraint: "Constraint", temperature: float = 0.1,
@@ -83,7 +88,7 @@ def soft_and_hard_accuracy(spec: nets.Spec, domain: Domain, constraint: "Constra
     pulling back (a plain sigmoid saturates). Hard: the fraction with ``margin_lo > tol``.
     """
     tol = default_margin_tol(constraint.x.dtype) if margin_tol is None else margin_tol
-    margin = output_bounds(spec, domain, constraint.x, constraint.y, bound).margin_lo
+    margin = output_bounds(spec, domain, constraint.x, constraint.y, bound, competitors=constraint.competitors).margin_lo
     scaled = (margin - tol) / temperature
     soft = jax.nn.sigmoid(scaled)
     if keep_pulling is not None:
@@ -129,8 +134,9 @@ class Certificate(NamedTuple):
 def certificate(spec: nets.Spec, domain: Domain, constraint: Constraint, heldout_x, heldout_y,
                 confidence: float = 0.95, margin_tol: float | None = None, bound: str = "interval") -> Certificate:
     """Certified accuracy on the constraint's samples and the held-out Clopper-Pearson lower bound."""
-    cert = float(certified_accuracy(spec, domain, constraint.x, constraint.y, constraint.weight, margin_tol, bound))
-    hits = np.asarray(certified(spec, domain, heldout_x, heldout_y, margin_tol, bound))
+    cert = float(certified_accuracy(spec, domain, constraint.x, constraint.y, constraint.weight, margin_tol, bound,
+                                    constraint.competitors))
+    hits = np.asarray(certified(spec, domain, heldout_x, heldout_y, margin_tol, bound, constraint.competitors))
     return Certificate(
         tau=float(constraint.tau), certified_accuracy=cert,
         heldout_certified_accuracy=float(hits.mean()) if len(hits) else float("nan"),

@@ -62,9 +62,9 @@ class LIDResult(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "margin_tol", "bound"))
-def _hard_accuracies(spec, domain, xs, ys, weights, margin_tol, bound):
-    return jnp.stack([certificates.certified_accuracy(spec, domain, x, y, w, margin_tol, bound)
-                      for x, y, w in zip(xs, ys, weights)])
+def _hard_accuracies(spec, domain, constraints, margin_tol, bound):
+    return jnp.stack([certificates.certified_accuracy(spec, domain, c.x, c.y, c.weight, margin_tol, bound, c.competitors)
+                      for c in constraints])
 
 
 def certify_lids(problem: LIDProblem, state: LIDState, constraints: Sequence[Constraint],
@@ -78,16 +78,14 @@ def certify_lids(problem: LIDProblem, state: LIDState, constraints: Sequence[Con
     if len(heldout) != len(constraints):
         raise LIDError(f"{len(constraints)} constraints but {len(heldout)} held-out sets")
     tol, bound = problem.config.margin_tol, problem.config.bound
-    xs, ys = tuple(k.x for k in constraints), tuple(k.y for k in constraints)
-    weights = tuple(k.weight for k in constraints)
     taus = np.array([float(k.tau) for k in constraints])
 
     def holds(domain):
-        return bool((np.asarray(_hard_accuracies(problem.spec, domain, xs, ys, weights, tol, bound)) >= taus).all())
+        return bool((np.asarray(_hard_accuracies(problem.spec, domain, constraints, tol, bound)) >= taus).all())
 
     point = box_around(problem.params)
     if not holds(point):
-        reached = np.asarray(_hard_accuracies(problem.spec, point, xs, ys, weights, tol, bound))
+        reached = np.asarray(_hard_accuracies(problem.spec, point, constraints, tol, bound))
         raise LIDError(
             f"the network itself certifies only {np.round(reached, 4).tolist()} of the constraint samples "
             f"(margin > tolerance) against tau {taus.tolist()}: lower tau"
@@ -196,8 +194,8 @@ def largest_meeting_target(problem: LIDProblem, state: LIDState, constraint: Con
     constraint's samples met its tau when taken (the final domain when none did). Uses the
     certification rows only, and shrinks nothing: the held-out scale test does that."""
     final, final_volume, snapshot_volumes = _final_and_snapshot_sizes(problem, state)
-    met = float(_hard_accuracies(problem.spec, final, (constraint.x,), (constraint.y,), (constraint.weight,),
-                                 problem.config.margin_tol, problem.config.bound)[0]) >= constraint.tau
+    met = float(_hard_accuracies(problem.spec, final, (constraint,), problem.config.margin_tol,
+                                 problem.config.bound)[0]) >= constraint.tau
     sizes = {-1: float(final_volume)} if met else {}
     accuracy, volumes = np.asarray(state.snapshot_accuracy)[:, 0], np.asarray(snapshot_volumes)
     sizes.update({k: float(volumes[k]) for k in range(problem.config.num_snapshots) if accuracy[k] >= constraint.tau})

@@ -33,7 +33,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from metaedit import nets
 
@@ -51,9 +50,8 @@ def _layer_interval(layer, h: Interval, wc, wr, bc, br) -> Interval:
     return Interval(op(h.center, wc) + bc, op(h.radius, jnp.abs(wc) + wr) + op(jnp.abs(h.center), wr) + br)
 
 
-def _pool(spec, h: Interval) -> Interval:
-    axes = tuple(range(1, 1 + spec.spatial_rank))
-    return Interval(h.center.mean(axes), h.radius.mean(axes))
+def _head_input(spec, h: Interval) -> Interval:
+    return Interval(nets.head_input(spec, h.center), nets.head_input(spec, h.radius))
 
 
 def _transpose(layer, wc, coef: jax.Array, h_shape) -> jax.Array:
@@ -61,7 +59,7 @@ def _transpose(layer, wc, coef: jax.Array, h_shape) -> jax.Array:
     if layer.kind == "dense":
         return coef @ wc.T
     rows = coef.reshape((-1,) + coef.shape[2:])
-    _, vjp = jax.vjp(lambda h: nets.conv(h, wc), jnp.zeros((rows.shape[0],) + tuple(h_shape), wc.dtype))
+    _, vjp = jax.vjp(lambda h: nets.linear_map(layer)(h, wc), jnp.zeros((rows.shape[0],) + tuple(h_shape), wc.dtype))
     return vjp(rows)[0].reshape(coef.shape[:2] + tuple(h_shape))
 
 
@@ -108,11 +106,8 @@ def _backward(spec, layers, upto: int, coef: jax.Array, inputs, pre, center, rad
         h = inputs[i]
         constant = constant + _concentrate(coef, h, layer, wr, bc, br)
         coef = _transpose(layer, wc, coef, h.center.shape[1:])
-        if isinstance(spec, nets.CNNSpec) and layer.kind == "dense":  # the head reads the global mean pool
-            feature_shape = pre[i - 1][0].shape[1:]
-            cells = int(np.prod(feature_shape[:-1]))
-            coef = jnp.broadcast_to(coef.reshape(coef.shape[:2] + (1,) * (len(feature_shape) - 1) + coef.shape[-1:]),
-                                    coef.shape[:2] + feature_shape) / cells
+        if isinstance(spec, nets.CNNSpec) and layer.kind == "dense":  # the head reads the pooled or flat map
+            coef = nets.head_input_transpose(spec, coef)
         coef, extra = _relu_back(coef, pre[i - 1], None if slopes is None else slopes[i - 1])
         constant = constant + extra
     return constant
@@ -124,11 +119,12 @@ def default_backward_width() -> int:
 
 
 def margin_lower(spec: nets.Spec, center, radius, x: jax.Array, y: jax.Array, slopes=None,
-                 backward_width: int | None = None) -> jax.Array:
+                 backward_width: int | None = None, competitors: jax.Array | None = None) -> jax.Array:
     """[B] a lower bound on ``logit_y - max_{k != y} logit_k`` over the box ``center +- radius``.
 
     x [B, *input_shape], y [B]; ``slopes`` (optional) a list with one array [B, C - 1, *w] per
-    hidden layer of lower ReLU slopes in [0, 1] (any values in [0, 1] give a sound bound).
+    hidden layer of lower ReLU slopes in [0, 1] (any values in [0, 1] give a sound bound);
+    ``competitors`` ([C] or [B, C] bool, optional): only those k count.
     """
     layers = nets.layers(spec)
     if isinstance(spec, nets.MLPSpec):
@@ -137,7 +133,11 @@ def margin_lower(spec: nets.Spec, center, radius, x: jax.Array, y: jax.Array, sl
     classes = spec.num_classes
     others = (y[:, None] + 1 + jnp.arange(classes - 1)[None, :]) % classes  # [B, C-1]
     coef = jax.nn.one_hot(y, classes, dtype=x.dtype)[:, None, :] - jax.nn.one_hot(others, classes, dtype=x.dtype)
-    return _backward(spec, layers, len(layers) - 1, coef, inputs, pre, center, radius, x, slopes).min(axis=1)
+    lower = _backward(spec, layers, len(layers) - 1, coef, inputs, pre, center, radius, x, slopes)
+    if competitors is not None:
+        counts = jnp.broadcast_to(competitors, (x.shape[0], classes))
+        lower = jnp.where(jnp.take_along_axis(counts, others, axis=1), lower, jnp.inf)
+    return lower.min(axis=1)
 
 
 def _pre_activations(spec, center, radius, x) -> list[tuple[jax.Array, jax.Array]]:
@@ -155,7 +155,7 @@ def _forward(spec, center, radius, x, backward_width):
     inputs, pre = [], []
     for i, layer in enumerate(layers):
         if isinstance(spec, nets.CNNSpec) and layer.kind == "dense":
-            h = _pool(spec, h)
+            h = _head_input(spec, h)
         inputs.append(h)
         c, r = center[layer.name], radius[layer.name]
         z = _layer_interval(layer, h, c["kernel"], r["kernel"], c["bias"], r["bias"])

@@ -196,9 +196,7 @@ def init(problem: LIDProblem, num_constraints: int) -> LIDState:
 def _point_margin(problem: LIDProblem, constraint: certificates.Constraint) -> jax.Array:
     """[n] the network's own margin (true logit minus the best other) on the constraint's samples."""
     logits = nets.apply(problem.spec, problem.params, constraint.x)
-    true = jnp.take_along_axis(logits, constraint.y[:, None], axis=1)[:, 0]
-    others = jnp.where(jax.nn.one_hot(constraint.y, logits.shape[1], dtype=bool), -jnp.inf, logits)
-    return jax.lax.stop_gradient(true - others.max(axis=1))
+    return jax.lax.stop_gradient(bounds.margins(logits, constraint.y, constraint.competitors))
 
 
 def certifiable(problem: LIDProblem, constraints) -> tuple[jax.Array, ...]:

@@ -1,9 +1,11 @@
 """Experiment family: safe continual learning inside certified LIDs against the usual heuristics.
 
-Every method trains the same MLP through the 5 class-pair tasks of the split data set. The safe
+Every method trains the same network (an MLP, or the safe-updates paper's Split MNIST CNN,
+:func:`metaedit.nets.paper_cnn`) through the 5 class-pair tasks of the split data set, in the
+task-, domain- or class-incremental scenario. The safe
 variants (:mod:`certify.continual.safe`) train each task inside a box LID certifying every earlier
-task; the baselines (:mod:`certify.continual.baselines`: naive, L2, EWC, SI, A-GEM, replay with two
-buffer sizes) run vmapped over the seeds. Tables: ``metrics.csv`` (one row per method and seed) and
+task; the baselines (:mod:`certify.continual.baselines`: naive, L2, EWC, SI, LwF, A-GEM, replay with
+two buffer sizes) run vmapped over the seeds. Tables: ``metrics.csv`` (one row per method and seed) and
 ``certificates.csv`` (every old task's certificate after every task, per seed); figure:
 ``accuracy.png`` (final accuracy per task).
 """
@@ -23,7 +25,7 @@ TABLES = ("metrics.csv", "certificates.csv")
 
 BASELINES = (  # name, method, options; strengths tuned on domain-incremental Split MNIST-5k
     ("naive", "naive", ()), ("l2", "l2", (("strength", 1.0),)), ("ewc", "ewc", (("strength", 1e4),)),
-    ("si", "si", (("strength", 10.0),)), ("a-gem", "agem", (("memory_per_task", 50),)),
+    ("si", "si", (("strength", 10.0),)), ("lwf", "lwf", (("strength", 1.0),)), ("a-gem", "agem", (("memory_per_task", 50),)),
     ("replay-10", "replay", (("memory_per_task", 10),)), ("replay-50", "replay", (("memory_per_task", 50),)),
 )
 SAFE = (  # name, SafeConfig overrides
@@ -40,9 +42,12 @@ class Config:
     """A continual-learning experiment."""
 
     dataset: str = option("mnist5k", "the data set split into 5 class-pair tasks", choices=("mnist5k", "digits", "mnist1d"))
-    scenario: str = option("domain", "incremental scenario", choices=("domain", "class"))
+    scenario: str = option("domain", "incremental scenario", choices=("task", "domain", "class"))
+    net: str = option("mlp", "the network: an MLP of `hidden` units, or the safe-updates paper's Split MNIST CNN "
+                             "(conv 1->8 5x5 valid, conv 8->1 5x5 same, dense 576->outputs)", choices=("mlp", "paper-cnn"))
     seeds: int = option(5, "seeds per method")
     hidden: int = option(100, "the MLP's hidden width")
+    cert_samples: int = option(256, "safe variants: certification samples per task")
     steps: int = option(300, "training steps per task")
     delta: float = option(0.2, "safe variants: tau = min(max(acc - delta, acc / 2), tau_max)")
     tau_max: float = option(0.9, "safe variants: the largest tau")
@@ -52,14 +57,23 @@ class Config:
 
 
 def default_out(config: Config) -> str:
+    if config.net == "paper-cnn":
+        return f"results/continual_paper_{config.scenario}" + ("" if config.dataset == "mnist5k" else f"_{config.dataset}")
     if (config.dataset, config.scenario) == ("mnist5k", "domain"):
         return "results/continual"
     return f"results/continual_{config.dataset}_{config.scenario}"
 
 
+def network(config: Config, sequence) -> nets.Spec:
+    """The config's network for the sequence's inputs and outputs."""
+    if config.net == "paper-cnn":
+        return nets.paper_cnn(sequence.input_shape, sequence.num_outputs)
+    return nets.MLPSpec(sequence.input_shape, (config.hidden,), sequence.num_outputs)
+
+
 def run(config: Config) -> dict[str, list[dict]]:
     sequence = continual.split(datasets.load_dataset(config.dataset), config.scenario)
-    spec = nets.MLPSpec(sequence.input_shape, (config.hidden,), sequence.num_outputs)
+    spec = network(config, sequence)
     seeds = list(range(config.seeds))
     chosen = lambda name: not config.only or name in config.only  # noqa: E731
     rows, certificate_rows = [], []
@@ -73,7 +87,7 @@ def run(config: Config) -> dict[str, list[dict]]:
             continue
         for s in seeds:
             safe_config = safe.SafeConfig(steps_per_task=config.steps, delta=config.delta, tau_max=config.tau_max,
-                                          seed=s, **dict(overrides))
+                                          cert_samples=config.cert_samples, seed=s, **dict(overrides))
             result = safe.train_safely(spec, sequence, safe_config)
             final = [c for c in result.certificates if c.after == sequence.num_tasks - 1]
             row = _row(name, s, result.matrix, result.seconds)
@@ -87,6 +101,12 @@ def run(config: Config) -> dict[str, list[dict]]:
             certificate_rows += [{"method": name, "seed": s, **c._asdict()} for c in result.certificates]
         print(f"{name}: final average {np.mean([r['average'] for r in rows[-len(seeds):]]):.3f}", flush=True)
     return {"metrics.csv": rows, "certificates.csv": certificate_rows}
+
+
+def _network_words(config: Config) -> str:
+    if config.net == "paper-cnn":
+        return "The safe-updates paper's CNN (conv 1->8 5x5 valid, conv 8->1 5x5 same, dense 576->outputs)"
+    return f"MLP with {config.hidden} hidden units"
 
 
 def _row(name, seed, matrix, seconds) -> dict:
@@ -121,11 +141,13 @@ def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
         report.Series(m, list(range(tasks)), [np.mean([r[f"final_task{j}"] for r in rows if r["method"] == m])
                                               for j in range(tasks)]) for m in methods])
     page = (report.Report(f"Continual learning on Split {config.dataset} ({config.scenario}-incremental)")
-            .paragraph(f"MLP with {config.hidden} hidden units, 5 tasks of class pairs, {config.steps} steps per task, "
+            .paragraph(f"{_network_words(config)}, 5 tasks of class pairs, {config.steps} steps per task, "
                        f"{config.seeds} seeds (mean +- std). Safe variants: tau_t = min(max(acc_t - {config.delta}, "
-                       f"acc_t / 2), {config.tau_max}) on 256 certification samples per task; certificates are checked "
-                       "after every task (certified accuracy on the certification samples >= tau, and the trained "
-                       "parameters inside the LID).")
+                       f"acc_t / 2), {config.tau_max}) on {config.cert_samples} certification samples per task; "
+                       "certificates are checked after every task (certified accuracy on the certification samples "
+                       ">= tau, and the trained parameters inside the LID)"
+                       + ("; in the task-incremental scenario each task is trained, evaluated and certified on its "
+                          "own classes' logits." if config.scenario == "task" else "."))
             .table(summary, columns))
     meta = [r for r in rows if r.get("meta_loss_first") is not None]
     if meta:

@@ -73,7 +73,13 @@ def _frozen(array) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def topology(spec: nets.Spec) -> Topology:
-    """The graph of ``spec``: neurons in layer order (inputs first), edges in parameter order."""
+    """The graph of ``spec``: neurons in layer order (inputs first), edges in parameter order.
+
+    A CNN's head must read its pooled channels (``head="mean"``): a flattened map has no node per
+    channel for the head's edges to leave from."""
+    if isinstance(spec, nets.CNNSpec) and spec.head != "mean":
+        raise nets.SpecError(f"the metanetwork reads CNNs whose head pools the channels (head 'mean'); "
+                             f"{nets.describe(spec)} flattens its feature map")
     all_layers = nets.layers(spec)
     widths = [all_layers[0].kernel_shape[-2]] + [l.kernel_shape[-1] for l in all_layers]
     offsets = np.concatenate([[0], np.cumsum(widths)])

@@ -6,9 +6,10 @@ A spec is a frozen (hashable) dataclass, static under ``jit``. Parameters are a 
 
 * :class:`MLPSpec`: dense layers with ReLU between them, inputs flattened.
   ``dense_i.kernel: [fan_in, fan_out]``.
-* :class:`CNNSpec`: ``same``-padded stride-1 convolutions with ReLU (1-D or 2-D, by the rank of
-  ``input_shape``), global average pooling over space, one dense layer to the logits.
-  ``conv_i.kernel: [*window, c_in, c_out]``.
+* :class:`CNNSpec`: stride-1 convolutions with ReLU (1-D or 2-D, by the rank of ``input_shape``;
+  ``same`` or ``valid`` padding per layer), then a linear read-out of the last feature map (global
+  average pooling by default, or flattening, as in the safe-updates paper's Split MNIST CNN), one
+  dense layer to the logits. ``conv_i.kernel: [*window, c_in, c_out]``.
 """
 
 from __future__ import annotations
@@ -49,12 +50,22 @@ class MLPSpec:
 
 @dataclasses.dataclass(frozen=True)
 class CNNSpec:
-    """A small CNN. input_shape: ``(*spatial, channels)`` with 1 or 2 spatial axes."""
+    """A small CNN. input_shape: ``(*spatial, channels)`` with 1 or 2 spatial axes.
+
+    ``padding``: "same" or "valid" for every convolution, or a tuple with one per convolution.
+    ``head``: how the dense layer reads the last feature map [*spatial, C]: "mean" (global average
+    pooling: C inputs) or "flatten" (prod(spatial) * C inputs, row-major). Both are linear, so the
+    bounds treat them exactly. The safe-updates paper's Split MNIST CNN is
+    ``CNNSpec((28, 28, 1), (8, 1), 10, kernel_size=5, padding=("valid", "same"), head="flatten")``
+    (6,179 parameters; :func:`paper_cnn`).
+    """
 
     input_shape: tuple[int, ...]
     channels: tuple[int, ...]
     num_classes: int
     kernel_size: int = 3
+    padding: str | tuple[str, ...] = "same"
+    head: str = "mean"
 
     def __post_init__(self):
         _check_positive("input_shape", self.input_shape)
@@ -66,6 +77,16 @@ class CNNSpec:
         _check_positive("channels", self.channels)
         _check_positive("num_classes", (self.num_classes,))
         _check_positive("kernel_size", (self.kernel_size,))
+        paddings = (self.padding,) if isinstance(self.padding, str) else tuple(self.padding)
+        if any(p not in PADDINGS for p in paddings) or (
+                not isinstance(self.padding, str) and len(paddings) != len(self.channels)):
+            raise SpecError(f"CNNSpec.padding must be one of {PADDINGS} or a tuple of them, one per convolution "
+                            f"({len(self.channels)}), got {self.padding!r}")
+        if self.head not in HEADS:
+            raise SpecError(f"CNNSpec.head must be one of {HEADS}, got {self.head!r}")
+        if min(self.feature_shape[:-1], default=1) < 1:
+            raise SpecError(f"CNNSpec: 'valid' convolutions of size {self.kernel_size} shrink the input "
+                            f"{self.input_shape[:-1]} to nothing")
 
     @property
     def kind(self) -> str:
@@ -74,6 +95,35 @@ class CNNSpec:
     @property
     def spatial_rank(self) -> int:
         return len(self.input_shape) - 1
+
+    @property
+    def paddings(self) -> tuple[str, ...]:
+        """One padding ("same" or "valid") per convolution."""
+        return (self.padding,) * len(self.channels) if isinstance(self.padding, str) else tuple(self.padding)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """The last feature map of one example, ``(*spatial, channels[-1])``."""
+        spatial = tuple(self.input_shape[:-1])
+        for p in self.paddings:
+            if p == "valid":
+                spatial = tuple(d - self.kernel_size + 1 for d in spatial)
+        return spatial + (self.channels[-1],)
+
+    @property
+    def head_inputs(self) -> int:
+        """Inputs of the dense head: channels[-1] (mean) or the flattened feature map (flatten)."""
+        return self.channels[-1] if self.head == "mean" else int(np.prod(self.feature_shape))
+
+
+PADDINGS = ("same", "valid")
+HEADS = ("mean", "flatten")
+
+
+def paper_cnn(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10) -> CNNSpec:
+    """The safe-updates paper's Split MNIST CNN: conv 1->8 5x5 valid, ReLU, conv 8->1 5x5 same, ReLU,
+    flatten (576), dense -> 10 (6,179 parameters on 28 x 28 inputs)."""
+    return CNNSpec(tuple(input_shape), (8, 1), num_classes, kernel_size=5, padding=("valid", "same"), head="flatten")
 
 
 Spec = Union[MLPSpec, CNNSpec]
@@ -88,12 +138,14 @@ def _check_positive(name: str, values: tuple, allow_empty: bool = False) -> None
 
 
 class Layer(NamedTuple):
-    """One parameterised layer: ``kind`` is "dense" or "conv"; shapes exclude any population axis."""
+    """One parameterised layer: ``kind`` is "dense" or "conv"; shapes exclude any population axis;
+    ``padding`` ("SAME" or "VALID") is a convolution's."""
 
     name: str
     kind: str
     kernel_shape: tuple[int, ...]
     bias_shape: tuple[int, ...]
+    padding: str = "SAME"
 
     @property
     def fan_in(self) -> int:
@@ -112,10 +164,10 @@ def layers(spec: Spec) -> tuple[Layer, ...]:
         window = (spec.kernel_size,) * spec.spatial_rank
         chans = (spec.input_shape[-1],) + tuple(spec.channels)
         convs = tuple(
-            Layer(f"conv_{i}", "conv", window + (chans[i], chans[i + 1]), (chans[i + 1],))
+            Layer(f"conv_{i}", "conv", window + (chans[i], chans[i + 1]), (chans[i + 1],), spec.paddings[i].upper())
             for i in range(len(spec.channels))
         )
-        head = Layer("dense_0", "dense", (chans[-1], spec.num_classes), (spec.num_classes,))
+        head = Layer("dense_0", "dense", (spec.head_inputs, spec.num_classes), (spec.num_classes,))
         return convs + (head,)
     raise SpecError(f"not an architecture spec: {spec!r}")
 
@@ -139,7 +191,7 @@ def widest_activation(spec: Spec) -> int:
     """Floats in the widest activation of one example (an input or a hidden layer)."""
     if isinstance(spec, MLPSpec):
         return max((int(np.prod(spec.input_shape)),) + tuple(spec.hidden))
-    return int(np.prod(spec.input_shape[:-1])) * max(spec.channels + (spec.input_shape[-1],))
+    return max(int(np.prod(spec.input_shape)), int(np.prod(spec.input_shape[:-1])) * max(spec.channels))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -179,6 +231,27 @@ def apply(spec: Spec, params: Params, x: jax.Array) -> jax.Array:
     return features(spec, params, x) @ head["kernel"] + head["bias"]
 
 
+def head_input(spec: "CNNSpec", h: jax.Array, trailing: int = 0) -> jax.Array:
+    """What a CNN's dense head reads from its last feature map h [B, *spatial, C, *extra] (``trailing``
+    extra axes, e.g. an affine form's symbols): [B, C, *extra] (mean) or [B, prod(spatial) * C, *extra]
+    (flatten). Linear."""
+    lead = h.shape[:1]
+    extra = h.shape[h.ndim - trailing:] if trailing else ()
+    if spec.head == "mean":
+        return h.mean(axis=tuple(range(1, 1 + spec.spatial_rank)))
+    return h.reshape(lead + (math.prod(h.shape[1:h.ndim - trailing]),) + extra)
+
+
+def head_input_transpose(spec: "CNNSpec", coef: jax.Array) -> jax.Array:
+    """The transpose of :func:`head_input` on coefficients [B, S, F] -> [B, S, *feature_shape]."""
+    shape = coef.shape[:2] + tuple(spec.feature_shape)
+    if spec.head == "mean":
+        cells = int(np.prod(spec.feature_shape[:-1]))
+        expanded = coef.reshape(coef.shape[:2] + (1,) * spec.spatial_rank + coef.shape[-1:])
+        return jnp.broadcast_to(expanded, shape) / cells
+    return coef.reshape(shape)
+
+
 def rescale(spec: Spec, params: Params, key: jax.Array, spread: float | jax.Array) -> Params:
     """The same function with other weights: every hidden neuron (channel) ``j`` of layer ``l`` gets
     its incoming kernel and bias multiplied by ``c_j`` and its outgoing kernel by ``1 / c_j``, with
@@ -192,32 +265,37 @@ def rescale(spec: Spec, params: Params, key: jax.Array, spread: float | jax.Arra
         c = jnp.exp(jax.random.uniform(k, layer.bias_shape, jnp.float32, -log_spread, log_spread))
         out[layer.name]["kernel"] = out[layer.name]["kernel"] * c
         out[layer.name]["bias"] = out[layer.name]["bias"] * c
+        if following.kernel_shape[-2] != c.shape[0]:  # a flatten head: every position of the channel
+            c = jnp.tile(c, following.kernel_shape[-2] // c.shape[0])
         out[following.name]["kernel"] = out[following.name]["kernel"] / c[:, None]
     return out
 
 
 def features(spec: "CNNSpec", params: Params, x: jax.Array) -> jax.Array:
-    """A CNN's globally pooled features [B, channels[-1]]: what its linear head reads."""
+    """A CNN's features [B, spec.head_inputs] (pooled or flattened): what its linear head reads."""
     if not isinstance(spec, CNNSpec):
         raise SpecError(f"features are defined for CNNs; got {describe(spec)}")
     h = x
     for layer in layers(spec)[:-1]:
-        h = jax.nn.relu(conv(h, params[layer.name]["kernel"]) + params[layer.name]["bias"])
-    return h.mean(axis=tuple(range(1, 1 + spec.spatial_rank)))
+        h = jax.nn.relu(linear_map(layer)(h, params[layer.name]["kernel"]) + params[layer.name]["bias"])
+    return head_input(spec, h)
 
 
 def linear_map(layer: Layer):
-    """The layer's linear map ``(h, kernel) -> h * kernel``: a matrix product (dense) or :func:`conv`."""
-    return (lambda h, kernel: h @ kernel) if layer.kind == "dense" else conv
+    """The layer's linear map ``(h, kernel) -> h * kernel``: a matrix product (dense) or :func:`conv`
+    with the layer's padding."""
+    if layer.kind == "dense":
+        return lambda h, kernel: h @ kernel
+    return functools.partial(conv, padding=layer.padding)
 
 
-def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """'same'-padded stride-1 convolution: x [B, *spatial, c_in], kernel [*window, c_in, c_out]."""
+def conv(x: jax.Array, kernel: jax.Array, padding: str = "SAME") -> jax.Array:
+    """Stride-1 convolution ("SAME" or "VALID" padding): x [B, *spatial, c_in], kernel [*window, c_in, c_out]."""
     rank = kernel.ndim - 2
     spatial = "HW"[:rank]
     numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
     return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1,) * rank, padding="SAME", dimension_numbers=numbers
+        x, kernel, window_strides=(1,) * rank, padding=padding, dimension_numbers=numbers
     )
 
 
@@ -289,19 +367,31 @@ def validate_params(spec: Spec, params: Any, batch_dims: int = 0) -> None:
 
 
 def describe(spec: Spec) -> str:
-    """A short architecture string: ``mlp:32,32`` or ``cnn:8,16`` (see :func:`parse_arch`)."""
+    """A short architecture string: ``mlp:32,32``, ``cnn:8,16``, or with a CNN's non-default options
+    ``cnn:8,1/k5/valid,same/flatten`` (see :func:`parse_arch`)."""
     widths = spec.hidden if isinstance(spec, MLPSpec) else spec.channels
-    return f"{spec.kind}:{','.join(map(str, widths))}"
+    text = f"{spec.kind}:{','.join(map(str, widths))}"
+    if isinstance(spec, CNNSpec):
+        if spec.kernel_size != 3:
+            text += f"/k{spec.kernel_size}"
+        if set(spec.paddings) != {"same"}:
+            text += "/" + ",".join(spec.paddings)
+        if spec.head != "mean":
+            text += f"/{spec.head}"
+    return text
 
 
 def parse_arch(text: str, input_shape: tuple[int, ...], num_classes: int) -> Spec:
-    """Builds a spec from ``mlp:W1,W2,...`` or ``cnn:C1,C2,...`` for the given data shape."""
-    kind, _, widths_text = text.partition(":")
+    """Builds a spec from ``mlp:W1,W2,...`` or ``cnn:C1,C2,...[/kK][/P1,P2,...][/flatten]`` (kernel
+    size K, a padding "same" or "valid" per convolution or one for all, the head "mean" or "flatten")
+    for the given data shape."""
+    kind, _, rest = text.partition(":")
+    widths_text, *options = rest.split("/")
     try:
         widths = tuple(int(w) for w in widths_text.split(",") if w.strip())
     except ValueError:
         raise SpecError(f"bad architecture {text!r}: widths must be integers, as in mlp:32,32") from None
-    if kind == "mlp":
+    if kind == "mlp" and not options:
         return MLPSpec(tuple(input_shape), widths, num_classes)
     if kind == "cnn":
         if len(input_shape) not in (2, 3):
@@ -309,8 +399,20 @@ def parse_arch(text: str, input_shape: tuple[int, ...], num_classes: int) -> Spe
                 f"architecture {text!r} needs image-like inputs (length, channels) or "
                 f"(height, width, channels); this data set has input shape {tuple(input_shape)}"
             )
-        return CNNSpec(tuple(input_shape), widths, num_classes)
-    raise SpecError(f"unknown architecture kind {kind!r} in {text!r}; use mlp:W,... or cnn:C,...")
+        settings: dict[str, Any] = {}
+        for option in options:
+            if option in HEADS:
+                settings["head"] = option
+            elif option[:1] == "k" and option[1:].isdigit():
+                settings["kernel_size"] = int(option[1:])
+            elif option and set(option.split(",")) <= set(PADDINGS):
+                paddings = tuple(option.split(","))
+                settings["padding"] = paddings[0] if len(paddings) == 1 else paddings
+            else:
+                raise SpecError(f"bad CNN option {option!r} in {text!r}; use kK (kernel size), "
+                                f"{'/'.join(PADDINGS)} (one per convolution, comma-separated) or {'/'.join(HEADS)}")
+        return CNNSpec(tuple(input_shape), widths, num_classes, **settings)
+    raise SpecError(f"unknown architecture kind {kind!r} in {text!r}; use mlp:W,... or cnn:C,...[/k5/valid,same/flatten]")
 
 
 def spec_to_dict(spec: Spec) -> dict:

@@ -62,7 +62,7 @@ def _forward(spec: nets.Spec, params: nets.Params, x: jax.Array, shifts: list[ja
     h = x + expand(shifts[0])
     acts = [h.mean(axes)]
     for i, layer in enumerate(all_layers[:-1]):
-        h = jax.nn.relu(nets.conv(h, params[layer.name]["kernel"]) + params[layer.name]["bias"]) + expand(shifts[i + 1])
+        h = jax.nn.relu(nets.linear_map(layer)(h, params[layer.name]["kernel"]) + params[layer.name]["bias"]) + expand(shifts[i + 1])
         acts.append(h.mean(axes))
     head = params[all_layers[-1].name]
     logits = h.mean(axes) @ head["kernel"] + head["bias"] + shifts[-1]

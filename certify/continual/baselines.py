@@ -16,6 +16,11 @@ Methods (``METHODS``; ``strength`` is lambda / c, ignored by methods that take n
   each task), summed over the tasks so far, anchored at the latest params (online EWC, gamma = 1).
 * ``si``: the same quadratic with Zenke et al.'s path-integral importance
   ``Omega += max(0, w / (Delta^2 + xi))``, ``w = -sum_steps g_task * step``, xi = ``SI_DAMPING``.
+* ``lwf``: learning without forgetting (Li & Hoiem, 2017): every step adds ``strength`` x the
+  distillation loss ``T^2 CE(softmax(old / T), softmax(new / T))`` (T = ``LWF_TEMPERATURE``) between
+  the network after the previous task (the teacher) and the current one, on the current task's
+  batch, over the logits of the tasks seen so far (all of them in the domain- and class-incremental
+  scenarios, the old tasks' heads in the task-incremental one). No memory.
 * ``agem``: A-GEM; when the step's gradient g has ``g . g_ref < 0`` for the gradient g_ref of a
   ``batch``-sized sample of the episodic memory (past tasks), it is projected to
   ``g - (g . g_ref / g_ref . g_ref) g_ref``.
@@ -48,6 +53,7 @@ from metaedit import nets, training
 from metaedit.training import Batch
 
 SI_DAMPING = 1e-3
+LWF_TEMPERATURE = 2.0
 
 
 class Result(NamedTuple):
@@ -206,6 +212,33 @@ def _si_end(state, params, key, t, ctx):
     return {"anchor": params, "importance": omega, "path": jax.tree.map(jnp.zeros_like, params)}
 
 
+# --------------------------------------------------------------------------- distillation
+
+
+def _teacher(state, params, key, t, ctx):
+    return {"teacher": params}
+
+
+def _teacher_init(params, ctx):
+    return {"teacher": params}
+
+
+def _lwf_grads(params, state, batch, key, t, ctx):
+    """Task gradient plus ``strength`` x that of the distillation loss on the batch (from task 1 on)."""
+    g = _task_grads(params, batch, ctx)
+    seen = (ctx.data.mask & (jnp.arange(ctx.data.mask.shape[0]) < t)[:, None]).any(0)  # [C] the old tasks' logits
+    temperature = LWF_TEMPERATURE
+    old = training.masked_logits(nets.apply(ctx.config.spec, state["teacher"], batch.x), seen) / temperature
+    targets = jax.nn.softmax(old)
+
+    def distillation(p):
+        new = training.masked_logits(nets.apply(ctx.config.spec, p, batch.x), seen) / temperature
+        return temperature ** 2 * optax.softmax_cross_entropy(new, targets).mean()
+
+    gate = (t > 0).astype(jnp.float32) * ctx.strength
+    return jax.tree.map(lambda a, b: a + gate * b, g, jax.grad(distillation)(params)), g
+
+
 # --------------------------------------------------------------------------- episodic memory
 
 
@@ -234,6 +267,8 @@ METHODS: dict[str, Method] = {
                   _penalised_grads, _unchanged, _ewc_end),
     "si": Method("synaptic intelligence (path-integral importance)", 1.0, False, _anchor_init,
                  _penalised_grads, _si_step, _si_end),
+    "lwf": Method("learning without forgetting (distillation from the previous network)", 1.0, False,
+                  _teacher_init, _lwf_grads, _unchanged, _teacher),
     "agem": Method("A-GEM gradient projection on an episodic memory", None, True, _memory_init, _agem_grads,
                    _unchanged, _fill_memory),
     "replay": Method("experience replay from an episodic memory", None, True, _memory_init, _replay_grads,

@@ -21,8 +21,10 @@ new task wants it (:data:`BIASES`):
   through the unrolled LID solve (``jax.grad`` through ``lax.scan``) and the K steps; the bias
   with the lowest buffer loss met is kept.
 
-All weights are normalised to mean 1. Domain-incremental and class-incremental sequences are
-supported (the certificate is on the full output layer, so task-incremental masks are not used).
+All weights are normalised to mean 1. Every scenario is supported: in the task-incremental one
+each task trains and is evaluated on its own classes' logits, and its certificate is stated on
+them too (:class:`certify.certificates.Constraint` ``competitors``: a sample is certified when its
+true logit provably beats the task's other logits).
 """
 
 from __future__ import annotations
@@ -101,16 +103,17 @@ def tau_rule(accuracy: float, delta: float, tau_max: float) -> float:
 
 
 def projected_steps(spec, params: Params, box: Box | None, x, y, steps: int, learning_rate: float,
-                    batch: int, key) -> Params:
+                    batch: int, key, mask=None) -> Params:
     """``steps`` Adam steps on minibatches of (x [n, ...], y [n]), each followed by the projection onto
-    ``box`` (None: unconstrained). Pure; differentiable with respect to the box (``eps_root``
-    keeps Adam's square root differentiable where a gradient is 0)."""
+    ``box`` (None: unconstrained); ``mask`` [C] bool (optional) the logits that take part (a
+    task-incremental task's). Pure; differentiable with respect to the box (``eps_root`` keeps
+    Adam's square root differentiable where a gradient is 0)."""
     tx = optax.adam(learning_rate, eps_root=1e-16)
     step = training.make_step(tx, training.batch_loss(spec), project=None if box is None else box.project)
 
     def body(state, k):
         rows = jax.random.randint(k, (min(batch, y.shape[0]),), 0, y.shape[0])
-        return step(state, training.Batch(x[rows], y[rows]))[0], None
+        return step(state, training.Batch(x[rows], y[rows], mask=mask))[0], None
 
     state, _ = jax.lax.scan(body, training.init_state(params, tx), jax.random.split(key, steps))
     return state.params
@@ -129,29 +132,35 @@ def _normalised(tree):
     return jax.tree.map(lambda leaf: leaf * count / total, tree)
 
 
-def fisher_bias(spec, params: Params, x, y) -> Params:
-    """``1 / (F + mean F)`` normalised to mean 1; F: the diagonal empirical Fisher on (x, y)."""
-    fisher = training.empirical_fisher(spec, params, x, y)
+def fisher_bias(spec, params: Params, constraints) -> Params:
+    """``1 / (F + mean F)`` normalised to mean 1; F: the diagonal empirical Fisher on the constraints'
+    samples (each on its ``competitors`` logits), weighted by their sample counts."""
+    total = sum(c.y.shape[0] for c in constraints)
+    parts = [jax.tree.map(lambda f, n=c.y.shape[0]: f * n / total,
+                          training.empirical_fisher(spec, params, c.x, c.y, mask=c.competitors)) for c in constraints]
+    fisher = jax.tree.map(lambda *f: sum(f), *parts)
     mean = sum(f.sum() for f in jax.tree.leaves(fisher)) / sum(f.size for f in jax.tree.leaves(fisher))
     return _normalised(jax.tree.map(lambda f: 1.0 / (f + mean + 1e-30), fisher))
 
 
-def update_bias(spec, params: Params, x, y) -> Params:
-    """``|g| + 0.1 mean |g|`` normalised to mean 1; g: the gradient of the loss on (x, y)."""
-    grads = jax.tree.map(jnp.abs, jax.grad(training.cross_entropy, argnums=1)(spec, params, x, y))
+def update_bias(spec, params: Params, x, y, mask=None) -> Params:
+    """``|g| + 0.1 mean |g|`` normalised to mean 1; g: the gradient of the loss on (x, y) (over the
+    ``mask`` logits [C] when given)."""
+    grads = jax.tree.map(jnp.abs, jax.grad(training.cross_entropy, argnums=1)(spec, params, x, y, mask))
     mean = sum(g.sum() for g in jax.tree.leaves(grads)) / sum(g.size for g in jax.tree.leaves(grads))
     return _normalised(jax.tree.map(lambda g: g + 0.1 * mean + 1e-30, grads))
 
 
-def lookahead_loss(phi: Params, spec, params: Params, constraints, config: "SafeConfig", x, y, key) -> jax.Array:
+def lookahead_loss(phi: Params, spec, params: Params, constraints, config: "SafeConfig", x, y, key,
+                   mask=None) -> jax.Array:
     """Loss on the lookahead buffer (x, y) after ``config.lookahead_steps`` projected steps inside
     the box LID solved with bias ``softplus(phi)`` (differentiable in ``phi`` through the solve)."""
     bias = _normalised(jax.tree.map(jax.nn.softplus, phi))
     problem = lid.make_problem(spec, params, config.lid, bias=bias)
     box = lid.domain_of(problem, lid.solve(problem, constraints).theta)
     moved = projected_steps(spec, params, box, x, y, config.lookahead_steps, config.lookahead_learning_rate,
-                            config.batch, key)
-    return training.cross_entropy(spec, moved, x, y)
+                            config.batch, key, mask)
+    return training.cross_entropy(spec, moved, x, y, mask)
 
 
 # the lookahead loss and its gradient in phi, compiled once per network, constraint shapes and config
@@ -163,19 +172,20 @@ def inverse_softplus(b: jax.Array) -> jax.Array:
     return b + jnp.log(-jnp.expm1(-b))
 
 
-def learned_bias(spec, params: Params, constraints, config: "SafeConfig", x, y, key) -> tuple[Params, list[float]]:
+def learned_bias(spec, params: Params, constraints, config: "SafeConfig", x, y, key,
+                 mask=None) -> tuple[Params, list[float]]:
     """Bias weights learnt by :func:`lookahead_loss` (Adam on phi from the ``update`` bias).
 
     Returns the weights with the lowest meta-loss met along the way (the start included, so the
     learnt bias is never worse on the buffer than the ``update`` one) and the meta-loss at each
     point of the trajectory."""
-    start = update_bias(spec, params, x, y)
+    start = update_bias(spec, params, x, y, mask)
     phi = jax.tree.map(inverse_softplus, start)
     tx = optax.adam(config.meta_learning_rate)
     state = tx.init(phi)
     history, best = [], (np.inf, phi)
     for step in range(config.meta_steps + 1):
-        value, grads = _lookahead_value_and_grad(phi, spec, params, tuple(constraints), config, x, y, key)
+        value, grads = _lookahead_value_and_grad(phi, spec, params, tuple(constraints), config, x, y, key, mask)
         history.append(float(value))
         if history[-1] < best[0]:
             best = (history[-1], phi)
@@ -189,7 +199,8 @@ def learned_bias(spec, params: Params, constraints, config: "SafeConfig", x, y, 
 # --------------------------------------------------------------------------- choosing among LIDs
 
 
-def choose(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, config: SafeConfig, key) -> lid.LID:
+def choose(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, config: SafeConfig, key,
+           mask=None) -> lid.LID:
     """One of several certified LIDs around ``params``, by ``strategy``:
 
     * ``largest``: the largest log-volume;
@@ -203,9 +214,10 @@ def choose(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, confi
     steps, rate = config.lookahead_steps, config.lookahead_learning_rate
     if strategy == "best-loss":
         losses = [float(training.cross_entropy(
-            spec, projected_steps_jit(spec, params, l.domain, x, y, steps, rate, config.batch, key), x, y)) for l in lids]
+            spec, projected_steps_jit(spec, params, l.domain, x, y, steps, rate, config.batch, key, mask), x, y, mask))
+            for l in lids]
         return lids[int(np.argmin(losses))]
-    target = projected_steps_jit(spec, params, None, x, y, steps, rate, config.batch, key)
+    target = projected_steps_jit(spec, params, None, x, y, steps, rate, config.batch, key, mask)
     distances = np.array([float(project.distance(target, l.domain.project(target))) for l in lids])
     if strategy == "closest":
         return lids[int(np.argmin(distances))]
@@ -254,8 +266,7 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
     """Trains ``spec`` through ``sequence``, every task after the first inside a certified LID of
     all earlier ones. ``progress(message)`` (optional) is called after each task."""
     check_network(spec, sequence)
-    if sequence.scenario == "task":
-        raise ContinualError("safe training certifies the whole output layer; use a domain- or class-incremental sequence")
+    masks = [jnp.asarray(m) if sequence.scenario == "task" else None for m in sequence.output_mask]
     rng = np.random.default_rng(config.seed)
     key = jax.random.key(config.seed)
     params = nets.init(spec, jax.random.fold_in(key, 0)) if init_params is None else init_params
@@ -268,7 +279,7 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
     for t in range(sequence.num_tasks):
         x, y = jnp.asarray(sequence.x_train[t]), jnp.asarray(sequence.y_train[t])
         params = projected_steps_jit(spec, params, box, x, y, config.steps_per_task, config.learning_rate,
-                                     config.batch, jax.random.fold_in(key, 100 + t))
+                                     config.batch, jax.random.fold_in(key, 100 + t), masks[t])
         if box is not None:
             inside.append(box.contains(params))
             for j, constraint in enumerate(constraints):
@@ -276,24 +287,27 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
                 held.append(TaskCertificate(t, j, c.tau, c.certified_accuracy, c.heldout_certified_accuracy,
                                             c.lower_bound, c.holds and inside[-1]))
         matrix.append(evaluate(spec, params, sequence))
-        taus.append(tau_rule(certificates.point_certified_accuracy(spec, params, *cert[t]), config.delta, config.tau_max))
+        taus.append(tau_rule(certificates.point_certified_accuracy(spec, params, *cert[t], competitors=masks[t]),
+                             config.delta, config.tau_max))
         if progress is not None:
             progress(f"task {t}: accuracy {np.round(matrix[-1][: t + 1], 3).tolist()}")
         if t == sequence.num_tasks - 1:
             break
-        constraints = tuple(certificates.Constraint(cert[j][0], cert[j][1], taus[j]) for j in range(t + 1))
+        constraints = tuple(certificates.Constraint(cert[j][0], cert[j][1], taus[j], competitors=masks[j])
+                            for j in range(t + 1))
         next_x, next_y = lookahead[t + 1]
         bias = None
         if config.bias == "fisher":
-            bias = fisher_bias(spec, params, jnp.concatenate([c.x for c in constraints]),
-                               jnp.concatenate([c.y for c in constraints]))
+            bias = fisher_bias(spec, params, constraints)
         elif config.bias == "update":
-            bias = update_bias(spec, params, next_x, next_y)
+            bias = update_bias(spec, params, next_x, next_y, masks[t + 1])
         elif config.bias == "lookahead":
-            bias, history = learned_bias(spec, params, constraints, config, next_x, next_y, jax.random.fold_in(key, 200 + t))
+            bias, history = learned_bias(spec, params, constraints, config, next_x, next_y,
+                                         jax.random.fold_in(key, 200 + t), masks[t + 1])
             meta.append(history)
         lids, _ = lid.compute(spec, params, constraints, heldout[: t + 1], config.lid, bias=bias)
-        picked = choose(lids, config.strategy, spec, params, next_x, next_y, config, jax.random.fold_in(key, 300 + t))
+        picked = choose(lids, config.strategy, spec, params, next_x, next_y, config, jax.random.fold_in(key, 300 + t),
+                        masks[t + 1])
         chosen.append(picked)
         box = picked.domain
     return SafeResult(np.stack(matrix), params, held, chosen, inside, taus,

@@ -15,7 +15,7 @@ from metaedit import nets
 SPECS = [
     nets.MLPSpec((6,), (8, 5), 3),
     nets.CNNSpec((6, 6, 1), (3, 4), 3),
-    nets.CNNSpec((10, 2), (4,), 3, kernel_size=3),
+    nets.CNNSpec((10, 2), (4,), 3, padding="valid", head="flatten"),  # as the paper's CNN reads its map
 ]
 
 

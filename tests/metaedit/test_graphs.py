@@ -115,3 +115,8 @@ def test_removed_jraph_helpers_are_not_used():
     source = "".join(p.read_text() for p in Path(graphs.__file__).parent.glob("*.py"))
     for name in ("zero_out_padding", "with_zero_out_padding_outputs", "get_fully_connected_graph"):
         assert name not in source
+
+
+def test_a_flattening_cnn_head_is_refused_by_name():
+    with pytest.raises(nets.SpecError, match="cnn:8,1/k5/valid,same/flatten flattens its feature map"):
+        graphs.topology(nets.paper_cnn())

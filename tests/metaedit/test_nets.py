@@ -12,7 +12,7 @@ SPECS = [
     nets.MLPSpec((10,), (8, 6), 3),
     nets.MLPSpec((4, 4, 1), (), 2),
     nets.CNNSpec((8, 8, 1), (4, 6), 10),
-    nets.CNNSpec((40, 1), (5,), 10, kernel_size=5),
+    nets.CNNSpec((40, 1), (5, 3), 10, kernel_size=5, padding=("valid", "same"), head="flatten"),
 ]
 
 
@@ -38,6 +38,27 @@ def test_cnn_is_a_real_convolution():
               "dense_0": {"kernel": jnp.ones((1, 1)), "bias": jnp.zeros(1)}}
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 5, 5, 1)), jnp.float32)
     np.testing.assert_allclose(nets.apply(spec, params, x)[:, 0], 2 * x.mean(axis=(1, 2, 3)), rtol=1e-6)
+
+
+def test_paper_cnn_valid_padding_and_flatten_head():
+    """The safe-updates paper's Split MNIST CNN: 6,179 parameters, a 24 x 24 map after the valid
+    convolution, the head reading the flattened map in row-major order; its string round-trips."""
+    spec = nets.paper_cnn()
+    assert nets.num_params(spec) == 6179 and spec.feature_shape == (24, 24, 1)
+    assert nets.parse_arch(nets.describe(spec), (28, 28, 1), 10) == spec
+    params = nets.init(spec, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
+    h = jax.nn.relu(jax.lax.conv_general_dilated(x, params["conv_0"]["kernel"], (1, 1), "VALID",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["conv_0"]["bias"])
+    h = jax.nn.relu(nets.conv(h, params["conv_1"]["kernel"]) + params["conv_1"]["bias"])
+    want = h.reshape(2, -1) @ params["dense_0"]["kernel"] + params["dense_0"]["bias"]
+    np.testing.assert_allclose(nets.apply(spec, params, x), want, rtol=1e-5, atol=1e-6)
+    for bad, match in ((dict(padding="full"), "padding must be"), (dict(padding=("valid",)), "one per convolution"),
+                       (dict(head="max"), "head must be"), (dict(kernel_size=15, padding="valid"), "to nothing")):
+        with pytest.raises(SpecError, match=match):
+            nets.CNNSpec((28, 28, 1), (8, 1), 10, **{"kernel_size": 5, **bad})
+    with pytest.raises(SpecError, match="bad CNN option 'k5x'"):
+        nets.parse_arch("cnn:8,1/k5x", (28, 28, 1), 10)
 
 
 def test_init_scale_scales_kernels():
@@ -100,7 +121,9 @@ def test_parse_arch_and_bad_specs():
         nets.apply(SPECS[0], nets.init(SPECS[0], jax.random.key(0)), jnp.ones((2, 11)))
 
 
-@pytest.mark.parametrize("spec", [nets.MLPSpec((10,), (16, 8), 3), nets.CNNSpec((8, 8, 1), (4, 6), 3)], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("spec", [nets.MLPSpec((10,), (16, 8), 3), nets.CNNSpec((8, 8, 1), (4, 6), 3),
+                                  nets.CNNSpec((8, 8, 1), (4, 6), 3, padding=("valid", "same"), head="flatten")],
+                         ids=["mlp", "cnn", "cnn-flatten"])
 def test_rescale_changes_the_weights_not_the_function(spec):
     params = jax.tree.map(lambda a: a + 0.1, nets.init(spec, jax.random.key(0)))  # non-zero biases too
     moved = nets.rescale(spec, params, jax.random.key(1), 3.0)

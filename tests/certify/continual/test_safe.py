@@ -96,14 +96,15 @@ def test_bias_weights_have_mean_one_and_point_where_they_should(sequence):
     spec = nets.MLPSpec(sequence.input_shape, (8,), 2)
     params = nets.init(spec, jax.random.key(0))
     x, y = jnp.asarray(sequence.x_train[0][:32]), jnp.asarray(sequence.y_train[0][:32])
-    for bias in (safe.fisher_bias(spec, params, x, y), safe.update_bias(spec, params, x, y)):
+    old = (certificates.Constraint(x, y, 0.5),)
+    for bias in (safe.fisher_bias(spec, params, old), safe.update_bias(spec, params, x, y)):
         leaves = jax.tree.leaves(bias)
         assert sum(float(b.sum()) for b in leaves) / sum(b.size for b in leaves) == pytest.approx(1.0, rel=1e-4)
         assert all(bool((b > 0).all()) for b in leaves)
     grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(nets.apply(spec, p, x), y).mean())(params)
     g, b = np.abs(np.asarray(grads["dense_0"]["kernel"])).ravel(), np.asarray(safe.update_bias(spec, params, x, y)["dense_0"]["kernel"]).ravel()
     assert b[np.argmax(g)] > b[np.argmin(g)]  # more room along the larger gradient
-    f = np.asarray(safe.fisher_bias(spec, params, x, y)["dense_0"]["kernel"]).ravel()
+    f = np.asarray(safe.fisher_bias(spec, params, old)["dense_0"]["kernel"]).ravel()
     assert f[np.argmax(g)] < f[np.argmin(g)]  # less room where the old task's Fisher is large
     # the learnt bias starts from the update bias exactly, however large its weights
     large = jnp.array([1e-3, 0.5, 40.0, 400.0])
@@ -128,10 +129,6 @@ def test_bad_inputs_are_named(digits, sequence):
         safe.SafeConfig(bias="ewc")
     with pytest.raises(ContinualError, match="projects onto boxes"):
         safe.SafeConfig(lid=lid.LIDConfig(domain="zonotope"))
-    task_sequence = continual.split(digits, "task", pairs=((0, 1), (2, 3)), max_train=50)
-    with pytest.raises(ContinualError, match="domain- or class-incremental"):
-        safe.train_safely(nets.MLPSpec(task_sequence.input_shape, (8,), task_sequence.num_outputs), task_sequence,
-                          safe.SafeConfig())
     with pytest.raises(ContinualError, match="fewer than two|two distinct|one class"):
         continual.split(digits, "domain", pairs=((0, 0), (2, 3)))
     with pytest.raises(certificates.CertificateError, match=r"tau must lie in \(0, 1\]"):
@@ -139,3 +136,21 @@ def test_bad_inputs_are_named(digits, sequence):
     assert safe.tau_rule(0.9, 0.05, 0.95) == pytest.approx(0.85)
     assert safe.tau_rule(0.6, 0.5, 0.95) == pytest.approx(0.3)  # acc / 2 when delta is large
     assert safe.tau_rule(1.0, 0.0, 0.9) == pytest.approx(0.9)
+
+
+def test_task_incremental_certificates_are_on_the_task_heads(digits):
+    """Task-incremental: every task trains, is evaluated and is certified on its own classes' logits;
+    sampled parameters of the LID, read through the task's head, keep its certified samples right."""
+    sequence = continual.split(digits, "task", pairs=((0, 1), (2, 3)), max_train=120)
+    spec = nets.MLPSpec(sequence.input_shape, (16,), sequence.num_outputs)
+    config = safe.SafeConfig(steps_per_task=150, cert_samples=64, heldout_samples=100, lid=TINY_LID)
+    result = safe.train_safely(spec, sequence, config)
+    assert all(result.inside) and all(c.holds for c in result.certificates)
+    assert result.matrix[-1, -1] > result.matrix[0, -1] + 0.1  # task 1 is learnt inside the LID
+    box, head = result.lids[0].domain, jnp.asarray(sequence.output_mask[0])
+    x, y = jnp.asarray(sequence.x_train[0]), jnp.asarray(sequence.y_train[0])
+    on_head = certificates.certified(spec, box, x, y, competitors=head)
+    assert int(on_head.sum()) > int(certificates.certified(spec, box, x, y).sum())  # the other heads do not count
+    samples = box.sample(jax.random.key(7), 200, corners=True)
+    logits = jax.vmap(lambda p: jnp.where(head, nets.apply(spec, p, x), -jnp.inf))(samples)
+    assert bool((logits.argmax(-1)[:, on_head] == y[on_head]).all())
