@@ -77,9 +77,7 @@ class CNNSpec:
         _check_positive("channels", self.channels)
         _check_positive("num_classes", (self.num_classes,))
         _check_positive("kernel_size", (self.kernel_size,))
-        paddings = (self.padding,) if isinstance(self.padding, str) else tuple(self.padding)
-        if any(p not in PADDINGS for p in paddings) or (
-                not isinstance(self.padding, str) and len(paddings) != len(self.channels)):
+        if any(p not in PADDINGS for p in self.paddings) or len(self.paddings) != len(self.channels):
             raise SpecError(f"CNNSpec.padding must be one of {PADDINGS} or a tuple of them, one per convolution "
                             f"({len(self.channels)}), got {self.padding!r}")
         if self.head not in HEADS:
@@ -235,11 +233,10 @@ def head_input(spec: "CNNSpec", h: jax.Array, trailing: int = 0) -> jax.Array:
     """What a CNN's dense head reads from its last feature map h [B, *spatial, C, *extra] (``trailing``
     extra axes, e.g. an affine form's symbols): [B, C, *extra] (mean) or [B, prod(spatial) * C, *extra]
     (flatten). Linear."""
-    lead = h.shape[:1]
-    extra = h.shape[h.ndim - trailing:] if trailing else ()
     if spec.head == "mean":
         return h.mean(axis=tuple(range(1, 1 + spec.spatial_rank)))
-    return h.reshape(lead + (math.prod(h.shape[1:h.ndim - trailing]),) + extra)
+    features = h.shape[1:h.ndim - trailing]
+    return h.reshape(h.shape[:1] + (math.prod(features),) + h.shape[1 + len(features):])
 
 
 def head_input_transpose(spec: "CNNSpec", coef: jax.Array) -> jax.Array:
