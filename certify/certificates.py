@@ -9,7 +9,6 @@ the rate over the data distribution.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -19,7 +18,7 @@ from scipy.special import betaincinv
 
 from certify.bounds import output_bounds
 from certify.domains import Domain, box_around
-from metaedit import nets
+from metaedit import executables, nets
 
 
 class CertificateError(ValueError):
@@ -52,7 +51,7 @@ def certified(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, margi
     return _certified(spec, domain, x, y, tol, bound, competitors)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "tol", "bound"))
+@executables.jit(static_argnames=("spec", "tol", "bound"))
 def _certified(spec, domain, x, y, tol, bound, competitors):
     return output_bounds(spec, domain, x, y, bound, competitors=competitors).margin_lo > tol
 
@@ -74,7 +73,13 @@ def point_certified_accuracy(spec: nets.Spec, params, x, y, margin_tol: float | 
 def certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, margin_tol: float | None = None,
                        bound: str = "interval", competitors: jax.Array | None = None) -> jax.Array:
     """The (weighted) fraction of certified samples: a hard, piecewise-constant number."""
-    return weighted_mean(certified(spec, domain, x, y, margin_tol, bound, competitors).astype(x.dtype), weight)
+    tol = default_margin_tol(x.dtype) if margin_tol is None else margin_tol
+    return _certified_accuracy(spec, domain, x, y, weight, tol, bound, competitors)
+
+
+@executables.jit(static_argnames=("spec", "tol", "bound"))
+def _certified_accuracy(spec, domain, x, y, weight, tol, bound, competitors):
+    return weighted_mean(_certified(spec, domain, x, y, tol, bound, competitors).astype(x.dtype), weight)
 
 
 def soft_and_hard_accuracy(spec: nets.Spec, domain: Domain, constraint: "Constraint", temperature: float = 0.1,

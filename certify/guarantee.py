@@ -20,7 +20,6 @@ learnt. They are **frozen** (zero width) by design and counted apart (:func:`une
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -31,7 +30,7 @@ import numpy as np
 from certify import certificates
 from certify.certificates import CertificateError
 from certify.domains import Domain
-from metaedit import nets
+from metaedit import executables, nets
 
 Params = Any
 
@@ -123,7 +122,7 @@ CHUNK = 25
 """Scales counted per call by :func:`fixed_sequence`."""
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "margin_tol", "bound"))
+@executables.jit(static_argnames=("spec", "margin_tol", "bound"))
 def _hits_by_scale(spec, domain, point, x, y, scales, margin_tol, bound):
     """[K] certified counts of the domain scaled towards ``point`` by each of ``scales`` [K], in one call
     (all of them are computed; the test still stops at the first failure)."""
@@ -134,12 +133,11 @@ def _hits_by_scale(spec, domain, point, x, y, scales, margin_tol, bound):
 def unexercised_mask(spec: nets.Spec, params: Params, x: jax.Array) -> tuple[Params, int]:
     """(mask, count): a params-shaped 0/1 mask that is 0 on the first layer's kernel entries whose
     input is zero on every row of x [n, ...] (they never touch these rows), and how many there are."""
-    mask = _unexercised_mask(spec, params, x)
-    used = mask[nets.layers(spec)[0].name]["kernel"]
-    return mask, int(used.size - used.sum())
+    mask, count = _unexercised_mask(spec, params, x)
+    return mask, int(count)
 
 
-@functools.partial(jax.jit, static_argnames="spec")
+@executables.jit(static_argnames="spec")
 def _unexercised_mask(spec, params, x):
     first = nets.layers(spec)[0]
     inputs = jnp.abs(x.reshape(x.shape[0], -1) if isinstance(spec, nets.MLPSpec) else x)
@@ -148,4 +146,4 @@ def _unexercised_mask(spec, params, x):
     use = jax.grad(lambda w: op(inputs, w).sum())(jnp.zeros_like(kernel))  # sum of |input| each weight multiplies
     mask = jax.tree.map(jnp.ones_like, params)
     mask[first.name] = {**mask[first.name], "kernel": (use > 0).astype(kernel.dtype)}
-    return mask
+    return mask, (use <= 0).sum()

@@ -15,7 +15,6 @@ The solver itself (:func:`solve`, pure and differentiable) lives in :mod:`certif
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -28,7 +27,7 @@ from certify.certificates import Certificate, CertificateError, Constraint
 from certify.domains import Domain, box_around
 from certify.solver import (LIDConfig, LIDError, LIDProblem, LIDState, domain_of, make_problem, size, solve,
                             solve_fastest, start_domain)
-from metaedit import nets
+from metaedit import executables, nets
 from metaedit.datasets import Dataset
 
 Params = Any
@@ -61,7 +60,7 @@ class LIDResult(NamedTuple):
         return best(self.lids)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "margin_tol", "bound"))
+@executables.jit(static_argnames=("spec", "margin_tol", "bound"))
 def _hard_accuracies(spec, domain, constraints, margin_tol, bound):
     return jnp.stack([certificates.certified_accuracy(spec, domain, c.x, c.y, c.weight, margin_tol, bound, c.competitors)
                       for c in constraints])
@@ -206,10 +205,10 @@ def largest_meeting_target(problem: LIDProblem, state: LIDState, constraint: Con
     return LID(domain, (), float(volumes[chosen]), snapshot_step(problem.config, chosen), 1.0)
 
 
-_domain_of = jax.jit(domain_of)
+_domain_of = executables.jit(domain_of)
 
 
-@jax.jit
+@executables.jit
 def _final_and_snapshot_sizes(problem: LIDProblem, state: LIDState):
     """The final domain, its log-volume, and the log-volume of every snapshot [K] (one call)."""
     final = domain_of(problem, state.theta)
@@ -261,9 +260,9 @@ def for_network(spec: nets.Spec, params: Any, dataset: Dataset, tau: float, conf
     else:
         cert_rows, heldout_rows = given_rows(rows, len(dataset.y_test))
     x_np, y_np = np.asarray(dataset.x_test), np.asarray(dataset.y_test)
-    x, y = jnp.asarray(x_np[cert_rows]), jnp.asarray(y_np[cert_rows])
-    params = jax.tree.map(jnp.asarray, params)
-    heldout = (jnp.asarray(x_np[heldout_rows]), jnp.asarray(y_np[heldout_rows]))
+    # device_put, not jnp.asarray: the latter compiles a copy for every new shape (seconds on a CLI call)
+    x, y, heldout, params = jax.device_put((x_np[cert_rows], y_np[cert_rows],
+                                            (x_np[heldout_rows], y_np[heldout_rows]), params))
     mask, frozen = (guarantee.unexercised_mask(spec, params, x) if freeze_unexercised else (None, 0))
     if fixed is not None:
         mask = jax.tree.map(lambda m, f: m * (1 - jnp.asarray(f, m.dtype)),

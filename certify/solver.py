@@ -23,14 +23,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple, Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
 from certify import bounds, certificates, domains
 from certify.domains import Domain
-from metaedit import nets
+from certify.domains.base import pytree_dataclass
+from metaedit import executables, nets
 from metaedit.options import option
 
 Params = Any
@@ -102,14 +102,14 @@ class LIDConfig:
         return domains.get(self.domain)
 
 
-@flax.struct.dataclass
+@pytree_dataclass
 class LIDProblem:
     """One network and what its domain may be: params (always inside), a fixed centre (the
     centre of ``start``, or params), bias weights (>= 0) for the size objective, a 0/1 mask of free
     parameters, and optionally a domain to start from."""
 
-    spec: nets.Spec = flax.struct.field(pytree_node=False)
-    config: LIDConfig = flax.struct.field(pytree_node=False)
+    spec: nets.Spec = dataclasses.field(metadata={"static": True})
+    config: LIDConfig = dataclasses.field(metadata={"static": True})
     params: Params
     center: Params
     bias: Params
@@ -137,7 +137,7 @@ def make_problem(spec: nets.Spec, params: Params, config: LIDConfig, bias: Param
                  mask: Params | None = None, start: Domain | None = None) -> LIDProblem:
     """An LID problem around ``params``; ``start`` (a domain holding params) is where a zonotope starts."""
     nets.check_shapes(spec, params)
-    ones = jax.tree.map(jnp.ones_like, params)
+    ones = _ones_like(params)
     bias = ones if bias is None else bias
     mask = ones if mask is None else jax.tree.map(lambda m, p: jnp.asarray(m, p.dtype), mask, params)
     if start is not None and config.domain == "box":
@@ -271,10 +271,11 @@ def solve(problem: LIDProblem, constraints: Sequence[certificates.Constraint]) -
     return state
 
 
-_solve_jit = jax.jit(solve)
-_init_jit = jax.jit(init, static_argnums=1)
-_update_jit = jax.jit(update)
-_certifiable_jit = jax.jit(certifiable)
+_solve_jit = executables.jit(solve)
+_ones_like = jax.jit(lambda tree: jax.tree.map(jnp.ones_like, tree))
+_init_jit = executables.jit(init, static_argnames="num_constraints")
+_update_jit = executables.jit(update)
+_certifiable_jit = executables.jit(certifiable)
 
 
 def solve_fastest(problem: LIDProblem, constraints: Sequence[certificates.Constraint]) -> LIDState:

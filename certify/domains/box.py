@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from certify.domains.base import Domain, DomainError, Params, check_finite, check_shapes, log_widths, named_leaves
+from certify.domains.base import (Domain, DomainError, Params, check_finite, check_shapes, log_widths, named_leaves,
+                                   pytree_dataclass)
 
 
-@flax.struct.dataclass
+@pytree_dataclass
 class Box(Domain):
     """``lo <= theta <= hi``; lo and hi are params-shaped pytrees."""
 
@@ -35,19 +35,18 @@ class Box(Domain):
         generators = jax.tree.map(lambda l: jnp.zeros((rank or 0,) + l.shape, l.dtype), self.lo)
         return Zonotope(self.center, self.radius, generators)
 
+    @jax.jit
     def log_volume(self, weights: Params | None = None) -> jax.Array:
         return log_widths(self.radius, weights)
 
     def contains(self, params: Params, rtol: float = 0.0) -> bool:
-        scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(self.lo) + jax.tree.leaves(self.hi))
-        slack = rtol * scale
-        return bool(all(((lo - slack) <= p).all() & (p <= (hi + slack)).all() for p, lo, hi in
-                        zip(jax.tree.leaves(params), jax.tree.leaves(self.lo), jax.tree.leaves(self.hi))))
+        return bool(_box_contains(self, params, rtol))
 
     def project(self, params: Params) -> Params:
         """The exact Euclidean projection: a clip."""
         return jax.tree.map(lambda p, lo, hi: jnp.clip(p, lo, hi), params, self.lo, self.hi)
 
+    @jax.jit
     def scaled(self, point: Params, scale: float) -> "Box":
         return Box(jax.tree.map(lambda p, l: p + scale * (l - p), point, self.lo),
                    jax.tree.map(lambda p, h: p + scale * (h - p), point, self.hi))
@@ -90,6 +89,16 @@ class Box(Domain):
                 raise DomainError(f"domain lo > hi at {path}{list(index)}: {lo[index]} > {hi[index]}")
 
 
+@jax.jit
+def _box_contains(box: Box, params: Params, rtol: float) -> jax.Array:
+    """Whether params lie in the box widened by ``rtol`` times its largest coordinate (one call)."""
+    scale = jnp.max(jnp.stack([jnp.abs(x).max() for x in jax.tree.leaves(box.lo) + jax.tree.leaves(box.hi)]))
+    slack = rtol * scale
+    return jnp.all(jnp.stack([((lo - slack) <= p).all() & (p <= (hi + slack)).all() for p, lo, hi in
+                              zip(jax.tree.leaves(params), jax.tree.leaves(box.lo), jax.tree.leaves(box.hi))]))
+
+
+@jax.jit
 def box_around(params: Params, radius: Params | float = 0.0) -> Box:
     """The box ``params +- radius`` (a zero-size box by default)."""
     if not isinstance(radius, dict):

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
 from certify.domains.base import Domain, DomainError, Params, check_finite, check_shapes, flat, log_widths, \
-    named_leaves, unflat
+    named_leaves, pytree_dataclass, unflat
 from certify.domains.box import Box
 
 
-@flax.struct.dataclass
+@pytree_dataclass
 class Zonotope(Domain):
     """``center + radius * e + sum_k z_k generators[k]``, ``e, z`` in ``[-1, 1]``; generators [r, ...]."""
 
@@ -40,6 +39,7 @@ class Zonotope(Domain):
     def rank(self) -> int:
         return jax.tree.leaves(self.generators)[0].shape[0]
 
+    @jax.jit
     def hull(self) -> Box:
         half = jax.tree.map(lambda r, g: r + jnp.abs(g).sum(0), self.radius, self.generators)
         return Box(jax.tree.map(jnp.subtract, self.center, half), jax.tree.map(jnp.add, self.center, half))
@@ -47,6 +47,7 @@ class Zonotope(Domain):
     def as_zonotope(self, rank: int | None = None) -> "Zonotope":
         return self
 
+    @jax.jit
     def log_volume(self, weights: Params | None = None, floor: float = 1e-30) -> jax.Array:
         ratio = jax.tree.map(lambda r, g: jnp.where(r > 0, jnp.abs(g).sum(0) / jnp.maximum(r, floor), 0.0),
                              self.radius, self.generators)
@@ -69,6 +70,7 @@ class Zonotope(Domain):
     def project(self, params: Params) -> Params:
         return _project_jit(self, params).point
 
+    @jax.jit
     def scaled(self, point: Params, scale: float) -> "Zonotope":
         return Zonotope(jax.tree.map(lambda p, c: p + scale * (c - p), point, self.center),
                         jax.tree.map(lambda r: scale * r, self.radius),

@@ -1,7 +1,5 @@
 """``python -m metaedit.cli``: the same as the ``metaedit`` command."""
 
-import sys
+from metaedit.cli import entry
 
-from metaedit.cli import main
-
-sys.exit(main())
+entry()

@@ -6,9 +6,12 @@ import dataclasses
 import gzip
 import hashlib
 import importlib.resources
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where it is used: it costs 0.2 s, and a cached data set needs none
+    import pandas as pd
 
 
 class DatasetError(ValueError):

@@ -7,10 +7,12 @@ groups, never single one-hot columns.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where it is used: it costs 0.2 s, and a cached data set needs none
+    import pandas as pd
 
 
 class EncodedTable(NamedTuple):

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from metaedit.datasets.base import Dataset, shipped_text, stratified_split
+
 
 def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 digits: x [n, 8, 8, 1] in [0, 1], 10 classes, split stratified."""
@@ -31,6 +31,8 @@ def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
 
 def load_mnist5k(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """5,000 MNIST digits shipped with the package: x [n, 28, 28, 1] in [0, 1], split stratified."""
+    import pandas as pd
+
     table = pd.read_csv(io.StringIO(shipped_text("mnist_5k.csv.gz")), header=None).to_numpy()
     x = (table[:, :784] / 255.0).astype(np.float32).reshape(-1, 28, 28, 1)
     y = table[:, 784].astype(np.int32)

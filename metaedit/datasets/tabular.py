@@ -10,13 +10,16 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 
 from metaedit.datasets.base import Dataset, DatasetError, sensitive_codes, shipped_text, stratified_split
 from metaedit.datasets.encoding import encode_tables
+
+if TYPE_CHECKING:  # pandas is imported where it is used: it costs 0.2 s, and a cached data set needs none
+    import pandas as pd
+
 
 _ADULT_COLUMNS = (
     "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
@@ -38,6 +41,8 @@ def load_adult(sensitive: str = "sex") -> Dataset:
     e.g. ``"race=Black"``.
     Shapes: x_train [30162, 104], x_test [15060, 104].
     """
+    import pandas as pd
+
     if sensitive.partition("=")[0] not in ("sex", "race"):
         raise DatasetError(f"adult: sensitive must be sex or race (or race=VALUE), got {sensitive!r}")
     names = list(_ADULT_COLUMNS) + ["income"]
@@ -92,6 +97,8 @@ def load_german(sensitive: str = "sex", test_fraction: float = 0.3, seed: int = 
     ``sensitive``: ``"sex"`` from attribute 9 (A92, A95 female -> 0; A91, A93, A94 male -> 1) or
     ``"age"`` (1 = older than 25).
     """
+    import pandas as pd
+
     if sensitive not in ("sex", "age"):
         raise DatasetError(f"german: sensitive must be 'sex' or 'age', got {sensitive!r}")
     table = pd.read_csv(
@@ -161,6 +168,8 @@ def load_csv(
     ``categorical`` are one-hot encoded, all other non-label columns must be numeric without missing
     values and are standardised. Split stratified by label from ``seed``.
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"CSV file not found: {path}")
