@@ -70,22 +70,34 @@ class Bounds(NamedTuple):
     margin_lo: jax.Array
 
 
-def _linear(layer: nets.Layer, a: Affine, wc, g, d, bc, gb, db) -> Affine:
-    """One dense or conv layer (see the module docstring). g: [r, *kernel], gb: [r, out]."""
+def _linear(layer: nets.Layer, a: Affine, wc, g, d, bc, gb, db, exact_input: bool = False) -> Affine:
+    """One dense or conv layer (see the module docstring). g: [r, *kernel], gb: [r, out].
+    ``exact_input``: the input is a point (the first layer: A = 0, ar = 0). The terms that are zero
+    there, and for a box (r = 0), are left out: the same values without their matmuls (half of a
+    box's first layer, and of its gradient)."""
     op = nets.linear_map(layer)
     rank, out = g.shape[0], wc.shape[-1]
-    abs_a, abs_g = jnp.abs(a.coefs).sum(-1), jnp.abs(g).sum(0)
     center = op(a.center, wc) + bc
-    # ac * G_k for every k at once: the generators side by side as extra output channels
-    stacked = jnp.moveaxis(g, 0, -2).reshape(wc.shape[:-1] + (rank * out,))
-    from_weights = op(a.center, stacked).reshape(center.shape[:-1] + (rank, out))
-    # A_k * Wc for every k at once: the symbols folded into the batch axis
-    folded = jnp.moveaxis(a.coefs, -1, 0).reshape((-1,) + a.coefs.shape[1:-1])
-    from_inputs = op(folded, wc).reshape((rank,) + center.shape)
-    coefs = jnp.moveaxis(from_weights, -2, -1) + jnp.moveaxis(from_inputs, 0, -1) + gb.T
-    radius = (op(a.radius, jnp.abs(wc) + abs_g + d) + op(jnp.abs(a.center) + abs_a, d)
-              + op(abs_a, abs_g) + db)
-    return Affine(center, coefs, radius)
+    if rank:
+        abs_g = jnp.abs(g).sum(0)
+        # ac * G_k for every k at once: the generators side by side as extra output channels
+        stacked = jnp.moveaxis(g, 0, -2).reshape(wc.shape[:-1] + (rank * out,))
+        coefs = jnp.moveaxis(op(a.center, stacked).reshape(center.shape[:-1] + (rank, out)), -2, -1)
+        if not exact_input:
+            # A_k * Wc for every k at once: the symbols folded into the batch axis
+            folded = jnp.moveaxis(a.coefs, -1, 0).reshape((-1,) + a.coefs.shape[1:-1])
+            coefs = coefs + jnp.moveaxis(op(folded, wc).reshape((rank,) + center.shape), 0, -1)
+        coefs = coefs + gb.T
+    else:
+        coefs = jnp.zeros(center.shape + (0,), center.dtype)
+    if exact_input:
+        radius = op(jnp.abs(a.center), d)
+    elif rank:
+        abs_a = jnp.abs(a.coefs).sum(-1)
+        radius = op(a.radius, jnp.abs(wc) + abs_g + d) + op(jnp.abs(a.center) + abs_a, d) + op(abs_a, abs_g)
+    else:
+        radius = op(a.radius, jnp.abs(wc) + d) + op(jnp.abs(a.center), d)
+    return Affine(center, coefs, radius + db)
 
 
 def _relu(a: Affine) -> Affine:
@@ -112,7 +124,7 @@ def propagate(spec: nets.Spec, domain: Domain, x: jax.Array) -> Affine:
             a = Affine(nets.head_input(spec, a.center), nets.head_input(spec, a.coefs, trailing=1),
                        nets.head_input(spec, a.radius))
         c, r, g = z.center[layer.name], z.radius[layer.name], z.generators[layer.name]
-        a = _linear(layer, a, c["kernel"], g["kernel"], r["kernel"], c["bias"], g["bias"], r["bias"])
+        a = _linear(layer, a, c["kernel"], g["kernel"], r["kernel"], c["bias"], g["bias"], r["bias"], exact_input=i == 0)
         if i < len(all_layers) - 1:
             a = _relu(a)
     return a
