@@ -13,8 +13,10 @@ a file named by a digest of everything that shapes it:
 - jax's and jaxlib's versions, the backend and its device kind, and the x64 flag.
 
 A later process loads it and runs it with no tracing at all. Calls under a trace (inside another
-jitted or vmapped function), with arguments on several devices, or with the cache off go through
-plain ``jax.jit``. A file that cannot be read is ignored and written again.
+jitted or vmapped function), with arguments on other or several devices, or with the cache off go
+through plain ``jax.jit``. A file that cannot be read is ignored and written again; at most
+:data:`KEEP` files are kept. The files are executables and pickles: like JAX's own cache, the
+directory must be the user's own (it is loaded without further checks).
 """
 
 from __future__ import annotations

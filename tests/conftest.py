@@ -9,6 +9,9 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "metaedit" / "jax-compilation-cache")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the two workers share every program
+# commands run in-process share the library tests' programs (a stored executable is compiled apart;
+# tests/metaedit/test_executables.py covers that cache)
+os.environ.setdefault("METAEDIT_COMPILATION_CACHE", "0")
 
 import pytest  # noqa: E402
 
