@@ -109,11 +109,11 @@ class CachedJit:
         return self._stored_jit
 
     def __call__(self, *args, **kwargs):
+        if _DIRECTORY is None:  # jax.jit's own fast dispatch, called as it was
+            return self.jitted(*args, **kwargs)
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
-        if _DIRECTORY is None:
-            return self.jitted(**arguments)
         dynamic = {k: v for k, v in arguments.items() if k not in self.static_argnames}
         leaves = jax.tree.leaves(dynamic)
         default = jax.devices()[0]
