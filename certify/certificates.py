@@ -25,8 +25,10 @@ class CertificateError(ValueError):
     """A certificate cannot be stated as asked (tau outside (0, 1], empty data, ...)."""
 
 
-def default_margin_tol(dtype) -> float:
-    """Rounding slack for a certificate: 1e-4 in float32, 1e-9 in float64."""
+def default_margin_tol(dtype, given: float | None = None) -> float:
+    """Rounding slack for a certificate: ``given``, or by default 1e-4 in float32 and 1e-9 in float64."""
+    if given is not None:
+        return given
     return 1e-9 if jnp.dtype(dtype) == jnp.float64 else 1e-4
 
 
@@ -47,7 +49,7 @@ def certified(spec: nets.Spec, domain: Domain, x: jax.Array, y: jax.Array, margi
               bound: str = "interval", competitors: jax.Array | None = None) -> jax.Array:
     """[n] bool: the samples certified over ``domain`` by the ``bound`` kind (:data:`certify.bounds.BOUNDS`),
     against the ``competitors`` logits ([C] bool; None: all)."""
-    tol = default_margin_tol(x.dtype) if margin_tol is None else margin_tol
+    tol = default_margin_tol(x.dtype, margin_tol)
     return _certified(spec, domain, x, y, tol, bound, competitors)
 
 
@@ -73,7 +75,7 @@ def point_certified_accuracy(spec: nets.Spec, params, x, y, margin_tol: float | 
 def certified_accuracy(spec: nets.Spec, domain: Domain, x, y, weight=None, margin_tol: float | None = None,
                        bound: str = "interval", competitors: jax.Array | None = None) -> jax.Array:
     """The (weighted) fraction of certified samples: a hard, piecewise-constant number."""
-    tol = default_margin_tol(x.dtype) if margin_tol is None else margin_tol
+    tol = default_margin_tol(x.dtype, margin_tol)
     return _certified_accuracy(spec, domain, x, y, weight, tol, bound, competitors)
 
 
@@ -92,7 +94,7 @@ def soft_and_hard_accuracy(spec: nets.Spec, domain: Domain, constraint: "Constra
     tol) / temperature``; ``keep_pulling`` [n] (0/1) marks the samples a lost margin should keep
     pulling back (a plain sigmoid saturates). Hard: the fraction with ``margin_lo > tol``.
     """
-    tol = default_margin_tol(constraint.x.dtype) if margin_tol is None else margin_tol
+    tol = default_margin_tol(constraint.x.dtype, margin_tol)
     margin = output_bounds(spec, domain, constraint.x, constraint.y, bound, competitors=constraint.competitors).margin_lo
     scaled = (margin - tol) / temperature
     soft = jax.nn.sigmoid(scaled)

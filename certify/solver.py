@@ -205,7 +205,7 @@ def certifiable(problem: LIDProblem, constraints) -> tuple[jax.Array, ...]:
     c = problem.config
     masks = []
     for constraint in constraints:
-        tol = certificates.default_margin_tol(constraint.x.dtype) if c.margin_tol is None else c.margin_tol
+        tol = certificates.default_margin_tol(constraint.x.dtype, c.margin_tol)
         masks.append((_point_margin(problem, constraint) > tol).astype(constraint.x.dtype))
     return tuple(masks)
 

@@ -24,48 +24,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import os
 import pickle
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 
-_DIRECTORY: Path | None = None
+from metaedit import diskcache
+from metaedit.diskcache import source_digest
+
 _LOADED: dict[str, Any] = {}
-
-
-def enable(directory: str | Path) -> None:
-    """Keeps compiled programs in ``directory`` (created when first written)."""
-    global _DIRECTORY
-    _DIRECTORY = Path(directory)
-
-
-def disable() -> None:
-    """Turns the disk cache off and forgets the programs loaded so far (plain ``jax.jit`` again)."""
-    global _DIRECTORY
-    _DIRECTORY = None
-    _LOADED.clear()
-
-
-def directory() -> Path | None:
-    """Where compiled programs are kept (None: the cache is off)."""
-    return _DIRECTORY
-
-
-@functools.cache
-def source_digest() -> str:
-    """A digest of every ``.py`` file of the ``metaedit`` and ``certify`` packages (names and contents)."""
-    digest = hashlib.sha256()
-    for package in ("metaedit", "certify"):
-        root = Path(sys.modules[package].__file__).parent if package in sys.modules else None
-        if root is None:
-            root = Path(__import__(package).__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            digest.update(str(path.relative_to(root.parent)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+_CACHE = diskcache.Switch(on_disable=_LOADED.clear)
+enable, disable, directory = _CACHE.enable, _CACHE.disable, _CACHE.directory
+"""``enable(directory)`` keeps compiled programs there; ``disable()`` turns that off and forgets the
+programs loaded so far (plain ``jax.jit`` again); ``directory()`` says where they are kept (None: off)."""
 
 
 @functools.cache
@@ -109,7 +81,7 @@ class CachedJit:
         return self._stored_jit
 
     def __call__(self, *args, **kwargs):
-        if _DIRECTORY is None:  # jax.jit's own fast dispatch, called as it was
+        if _CACHE.path is None:  # jax.jit's own fast dispatch, called as it was
             return self.jitted(*args, **kwargs)
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
@@ -187,7 +159,7 @@ def jit(fn: Callable | None = None, *, static_argnames: tuple[str, ...] | str = 
 def _load(key: str) -> Any:
     from jax.experimental import serialize_executable
 
-    path = _DIRECTORY / f"{key}.bin"
+    path = _CACHE.path / f"{key}.bin"
     if not path.exists():
         return None
     try:
@@ -202,11 +174,8 @@ def _save(key: str, compiled: Any) -> None:
 
     try:
         blob = pickle.dumps(serialize_executable.serialize(compiled))
-        _DIRECTORY.mkdir(parents=True, exist_ok=True)
-        temporary = _DIRECTORY / f"{key}.{os.getpid()}.tmp"
-        temporary.write_bytes(blob)
-        temporary.replace(_DIRECTORY / f"{key}.bin")
-        _prune(_DIRECTORY)
+        diskcache.write_atomically(_CACHE.path / f"{key}.bin", blob)
+        _prune(_CACHE.path)
     except Exception:  # an executable this backend cannot serialise, or a read-only cache: keep it in memory
         pass
 
