@@ -33,7 +33,8 @@ SAFE = (  # name, SafeConfig overrides
     ("lid-lookahead", (("bias", "lookahead"),)), ("lid-update-closest", (("bias", "update"), ("strategy", "closest"))),
     ("lid-update-largest-closest", (("bias", "update"), ("strategy", "largest-closest"))),
     ("lid-update-best-loss", (("bias", "update"), ("strategy", "best-loss"))),
-)
+    ("lid-recentred", (("recentre", None),)), ("lid-update-recentred", (("bias", "update"), ("recentre", None))),
+)  # recentre None: the config's ``recentre``
 MEMORY = ("a-gem", "replay-10", "replay-50")
 
 
@@ -46,11 +47,15 @@ class Config:
     net: str = option("mlp", "the network: an MLP of `hidden` units, or the safe-updates paper's Split MNIST CNN "
                              "(conv 1->8 5x5 valid, conv 8->1 5x5 same, dense 576->outputs)", choices=("mlp", "paper-cnn"))
     seeds: int = option(5, "seeds per method")
+    first_seed: int = option(0, "the first seed (seeds first_seed .. first_seed + seeds - 1; runs of other seeds "
+                                "can be merged, e.g. run in parallel)")
     hidden: int = option(100, "the MLP's hidden width")
     cert_samples: int = option(256, "safe variants: certification samples per task")
     steps: int = option(300, "training steps per task")
     delta: float = option(0.2, "safe variants: tau = min(max(acc - delta, acc / 2), tau_max)")
     tau_max: float = option(0.9, "safe variants: the largest tau")
+    recentre: int = option(4, "the -recentred safe variants: box LIDs per new task (a new one around the parameters "
+                              "after each equal part of the task's steps)")
     only: tuple[str, ...] = option((), "a subset of the methods (default: all)")
     out: str | None = option(None, "output folder (default: results/continual for domain-incremental Split "
                                    "MNIST-5k, else results/continual_<dataset>_<scenario>)")
@@ -74,7 +79,7 @@ def network(config: Config, sequence) -> nets.Spec:
 def run(config: Config) -> dict[str, list[dict]]:
     sequence = continual.split(datasets.load_dataset(config.dataset), config.scenario)
     spec = network(config, sequence)
-    seeds = list(range(config.seeds))
+    seeds = list(range(config.first_seed, config.first_seed + config.seeds))
     chosen = lambda name: not config.only or name in config.only  # noqa: E731
     rows, certificate_rows = [], []
     for name, method, options in BASELINES:
@@ -85,22 +90,30 @@ def run(config: Config) -> dict[str, list[dict]]:
     for name, overrides in SAFE:
         if not chosen(name):
             continue
+        options = {k: config.recentre if (k, v) == ("recentre", None) else v for k, v in overrides}
+        label = f"{name}-{config.recentre}" if "recentre" in options else name  # e.g. lid-update-recentred-30
         for s in seeds:
             safe_config = safe.SafeConfig(steps_per_task=config.steps, delta=config.delta, tau_max=config.tau_max,
-                                          cert_samples=config.cert_samples, seed=s, **dict(overrides))
+                                          cert_samples=config.cert_samples, seed=s, **options)
             result = safe.train_safely(spec, sequence, safe_config)
             final = [c for c in result.certificates if c.after == sequence.num_tasks - 1]
-            row = _row(name, s, result.matrix, result.seconds)
+            row = _row(label, s, result.matrix, result.seconds)
             row.update(inside=all(result.inside), holds=all(c.holds for c in result.certificates),
-                       min_certified_minus_tau=min(c.certified_accuracy - c.tau for c in result.certificates),
-                       final_min_lower_bound=min(c.lower_bound for c in final))
+                       min_certified_minus_tau=min((c.certified_accuracy - c.tau for c in result.certificates), default=None),
+                       final_min_lower_bound=min((c.lower_bound for c in final), default=None))
             if result.meta_history:
                 row["meta_loss_first"] = float(np.mean([h[0] for h in result.meta_history]))
                 row["meta_loss_last"] = float(np.mean([min(h) for h in result.meta_history]))
             rows.append(row)
-            certificate_rows += [{"method": name, "seed": s, **c._asdict()} for c in result.certificates]
-        print(f"{name}: final average {np.mean([r['average'] for r in rows[-len(seeds):]]):.3f}", flush=True)
+            certificate_rows += [{"method": label, "seed": s, **c._asdict()} for c in result.certificates]
+        print(f"{label}: final average {np.mean([r['average'] for r in rows[-len(seeds):]]):.3f}", flush=True)
     return {"metrics.csv": rows, "certificates.csv": certificate_rows}
+
+
+def _mean_of_known(values) -> str:
+    """The mean of the values that are not None, to 3 places ("-" when none is known)."""
+    known = [v for v in values if v is not None]
+    return f"{np.mean(known):.3f}" if known else "-"
 
 
 def _network_words(config: Config) -> str:
@@ -130,7 +143,7 @@ def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
                         "forgetting": stat("forgetting"), "new_task": stat("new_task"),
                         "certified": f"{sum(bool(r['holds'] and r['inside']) for r in sel)}/{len(sel)}"
                         if certified else "no certificate",
-                        "bound": f"{np.mean([r['final_min_lower_bound'] for r in sel]):.3f}" if certified else "-",
+                        "bound": _mean_of_known([r["final_min_lower_bound"] for r in sel]) if certified else "-",
                         "seconds": f"{np.mean([r['seconds'] for r in sel]):.1f}"})
     columns = [report.column(h, k) for h, k in (
         ("method", "method"), ("final average accuracy", "average"), ("forgetting", "forgetting"),
@@ -142,7 +155,7 @@ def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
                                               for j in range(tasks)]) for m in methods])
     page = (report.Report(f"Continual learning on Split {config.dataset} ({config.scenario}-incremental)")
             .paragraph(f"{_network_words(config)}, 5 tasks of class pairs, {config.steps} steps per task, "
-                       f"{config.seeds} seeds (mean +- std). Safe variants: tau_t = min(max(acc_t - {config.delta}, "
+                       f"{len({r['seed'] for r in rows})} seeds (mean +- std). Safe variants: tau_t = min(max(acc_t - {config.delta}, "
                        f"acc_t / 2), {config.tau_max}) on {config.cert_samples} certification samples per task; "
                        "certificates are checked after every task (certified accuracy on the certification samples "
                        ">= tau, and the trained parameters inside the LID)"

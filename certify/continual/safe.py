@@ -21,7 +21,13 @@ new task wants it (:data:`BIASES`):
   through the unrolled LID solve (``jax.grad`` through ``lax.scan``) and the K steps; the bias
   with the lowest buffer loss met is kept.
 
-All weights are normalised to mean 1. Every scenario is supported: in the task-incremental one
+All weights are normalised to mean 1. **Re-centred LIDs** (``recentre`` R > 1) let a new task move
+further than one box allows: its steps are cut into R parts, and after each part but the last a
+new box LID certifying every old task (same samples, same tau) is solved around the current
+parameters, which lie in the last box and so keep every old task's certificate; training goes on
+inside the new box (or the old one, if no larger box certifies). Any box that certifies the old
+tasks will do, so the certificate after the task is the box the parameters end in. Every
+scenario is supported: in the task-incremental one
 each task trains and is evaluated on its own classes' logits, and its certificate is stated on
 them too (:class:`certify.certificates.Constraint` ``competitors``: a sample is certified when its
 true logit provably beats the task's other logits).
@@ -67,6 +73,9 @@ class SafeConfig:
     meta_steps: int = option(5, "Adam steps on the learnt lookahead bias")
     meta_learning_rate: float = option(0.03, "learning rate of the learnt bias")
     strategy: str = option("largest", "how one of the certified snapshots is picked", choices=STRATEGIES)
+    recentre: int = option(1, "box LIDs per new task: its steps are cut into this many parts, and a new LID "
+                              "certifying every old task is solved around the parameters before each part "
+                              "(1: one LID per task boundary)")
     bias: str = option("none", "bias weights of the LID's size objective", choices=BIASES)
     lid: LIDConfig = option(LIDConfig(steps=200, snapshot_every=40, learning_rate=0.05),
                             "the LID solver's settings (a box)", flag=False)
@@ -83,9 +92,11 @@ class SafeConfig:
             raise ContinualError(f"tau_max must lie in (0, 1], got {self.tau_max}")
         if not 0 <= self.delta < 1:
             raise ContinualError(f"delta must lie in [0, 1), got {self.delta}")
-        for name in ("steps_per_task", "batch", "cert_samples", "heldout_samples", "lookahead_steps"):
+        for name in ("steps_per_task", "batch", "cert_samples", "heldout_samples", "lookahead_steps", "recentre"):
             if getattr(self, name) < 1:
                 raise ContinualError(f"SafeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.recentre > self.steps_per_task:
+            raise ContinualError(f"recentre ({self.recentre}) cannot exceed steps_per_task ({self.steps_per_task})")
         if self.meta_steps < 0:
             raise ContinualError(f"SafeConfig.meta_steps must be >= 0, got {self.meta_steps}")
         if self.lookahead_samples < 1:
@@ -228,6 +239,46 @@ def choose(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, confi
 # --------------------------------------------------------------------------- the continual run
 
 
+def _split_steps(steps: int, parts: int) -> list[int]:
+    """``steps`` cut into ``parts`` near-equal counts (the remainder on the last part)."""
+    return [steps // parts] * (parts - 1) + [steps - (parts - 1) * (steps // parts)]
+
+
+def _bias(spec, params: Params, constraints, config: SafeConfig, buffer, key, mask):
+    """The config's bias weights around ``params`` (None for ``none``) and the meta-loss history (learnt
+    bias only); ``buffer`` = (x, y) of the task to be learnt."""
+    if config.bias == "fisher":
+        return fisher_bias(spec, params, constraints), None
+    if config.bias == "update":
+        return update_bias(spec, params, *buffer, mask), None
+    if config.bias == "lookahead":
+        return learned_bias(spec, params, constraints, config, *buffer, key, mask)
+    return None, None
+
+
+def _new_lid(spec, params: Params, constraints, heldout, config: SafeConfig, buffer, bias_key, choice_key,
+             mask) -> tuple[lid.LID, list[float] | None]:
+    """A certified box LID of every constraint around ``params``, picked by the config's strategy."""
+    bias, history = _bias(spec, params, constraints, config, buffer, bias_key, mask)
+    lids, _ = lid.compute(spec, params, constraints, heldout, config.lid, bias=bias)
+    return choose(lids, config.strategy, spec, params, *buffer, config, choice_key, mask), history
+
+
+def _recentred(spec, params: Params, current: lid.LID, constraints, heldout, config: SafeConfig, buffer, key,
+               mask) -> lid.LID:
+    """A new certified box LID around ``params``, or ``current`` (which holds them) when none certifies.
+
+    The new box is taken even when it is smaller: the parameters have usually been clipped to a face
+    of ``current``, which leaves no room along the update, while the new box leaves its radius in
+    every direction. The learnt bias is not re-learnt here: it falls back to ``update``."""
+    if config.bias == "lookahead":
+        config = dataclasses.replace(config, bias="update")
+    try:
+        return _new_lid(spec, params, constraints, heldout, config, buffer, key, key, mask)[0]
+    except lid.LIDError:
+        return current
+
+
 class TaskCertificate(NamedTuple):
     """The certificate of old task ``task`` after training task ``after`` (on its LID)."""
 
@@ -242,7 +293,7 @@ class TaskCertificate(NamedTuple):
 
 class SafeResult(NamedTuple):
     """matrix [T, T] test accuracy after each task; certificates of the old tasks after each task;
-    lids: the chosen LID per task boundary; inside: whether the params after each later task lay
+    lids: the LIDs trained in, in order (one per task boundary, more when re-centred); inside: whether the params after each later task lay
     in the LID they were trained in (checked on the host); meta_history: lookahead meta-losses."""
 
     matrix: np.ndarray
@@ -275,15 +326,23 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
     lookahead = [_samples(sequence, t, "train", config.lookahead_samples, rng) for t in range(sequence.num_tasks)]
     started = time.perf_counter()
     matrix, held, chosen, inside, taus, meta = [], [], [], [], [], []
-    box, constraints = None, ()
+    box, constraints, kept = None, (), []  # kept: the tasks certified (those learnt above 0, so tau > 0)
     for t in range(sequence.num_tasks):
         x, y = jnp.asarray(sequence.x_train[t]), jnp.asarray(sequence.y_train[t])
-        params = projected_steps_jit(spec, params, box, x, y, config.steps_per_task, config.learning_rate,
-                                     config.batch, jax.random.fold_in(key, 100 + t), masks[t])
+        parts = 1 if box is None else config.recentre
+        for part, steps in enumerate(_split_steps(config.steps_per_task, parts)):
+            part_key = jax.random.fold_in(key, 100 + t)
+            if part > 0:
+                part_key = jax.random.fold_in(part_key, part)
+                box = _recentred(spec, params, box, constraints, [heldout[j] for j in kept], config, lookahead[t],
+                                 jax.random.fold_in(key, 400 + 16 * t + part), masks[t])
+                chosen.append(box)
+            params = projected_steps_jit(spec, params, None if box is None else box.domain, x, y, steps,
+                                         config.learning_rate, config.batch, part_key, masks[t])
         if box is not None:
-            inside.append(box.contains(params))
-            for j, constraint in enumerate(constraints):
-                c = certificates.certificate(spec, box, constraint, *heldout[j])
+            inside.append(box.domain.contains(params))
+            for j, constraint in zip(kept, constraints):
+                c = certificates.certificate(spec, box.domain, constraint, *heldout[j])
                 held.append(TaskCertificate(t, j, c.tau, c.certified_accuracy, c.heldout_certified_accuracy,
                                             c.lower_bound, c.holds and inside[-1]))
         matrix.append(evaluate(spec, params, sequence))
@@ -293,22 +352,15 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
             progress(f"task {t}: accuracy {np.round(matrix[-1][: t + 1], 3).tolist()}")
         if t == sequence.num_tasks - 1:
             break
+        kept = [j for j in range(t + 1) if taus[j] > 0]  # a task never learnt has nothing to keep
         constraints = tuple(certificates.Constraint(cert[j][0], cert[j][1], taus[j], competitors=masks[j])
-                            for j in range(t + 1))
-        next_x, next_y = lookahead[t + 1]
-        bias = None
-        if config.bias == "fisher":
-            bias = fisher_bias(spec, params, constraints)
-        elif config.bias == "update":
-            bias = update_bias(spec, params, next_x, next_y, masks[t + 1])
-        elif config.bias == "lookahead":
-            bias, history = learned_bias(spec, params, constraints, config, next_x, next_y,
-                                         jax.random.fold_in(key, 200 + t), masks[t + 1])
-            meta.append(history)
-        lids, _ = lid.compute(spec, params, constraints, heldout[: t + 1], config.lid, bias=bias)
-        picked = choose(lids, config.strategy, spec, params, next_x, next_y, config, jax.random.fold_in(key, 300 + t),
-                        masks[t + 1])
-        chosen.append(picked)
-        box = picked.domain
+                            for j in kept)
+        if not constraints:
+            box = None
+            continue
+        box, history = _new_lid(spec, params, constraints, [heldout[j] for j in kept], config, lookahead[t + 1],
+                                jax.random.fold_in(key, 200 + t), jax.random.fold_in(key, 300 + t), masks[t + 1])
+        meta += [history] if history is not None else []
+        chosen.append(box)
     return SafeResult(np.stack(matrix), params, held, chosen, inside, taus,
                       time.perf_counter() - started, meta)

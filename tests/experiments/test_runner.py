@@ -1,10 +1,12 @@
 """Smoke tests: the experiment runner end to end on a tiny compliance config, and every config's flags."""
 
 import csv
+import dataclasses
 
 import pytest
 
 from experiments import compliance, run
+from metaedit import report
 from metaedit.editor import EditorTrainConfig
 from metaedit.zoo import ZooConfig
 
@@ -31,6 +33,11 @@ def test_compliance_harness_writes_its_report(tmp_path):
     (tmp_path / "out" / "report.md").unlink()
     again, _ = run.execute(config, report_only=True)  # the report rebuilt from the written tables
     assert again.read_text() == before
+    joined = dataclasses.replace(config, out=str(tmp_path / "joined"))  # two runs' tables merged into one report
+    merged, tables = run.execute(joined, merge=[str(tmp_path / "out"), str(tmp_path / "out")])
+    assert tables["metrics.csv"] == 2 * report.read_csv(tmp_path / "out" / "metrics.csv") and merged.is_file()
+    with pytest.raises(SystemExit, match="has no metrics.csv"):
+        run.execute(joined, merge=[str(tmp_path / "out"), str(tmp_path)])
 
 
 @pytest.mark.parametrize("name", run.names())

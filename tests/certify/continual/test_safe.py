@@ -73,9 +73,12 @@ def test_meta_gradient_through_the_lid_solve_matches_finite_differences(sequence
 def test_safe_run_keeps_every_old_task_certified_and_sampled_params_agree(sequence):
     spec = nets.MLPSpec(sequence.input_shape, (16,), 2)
     config = safe.SafeConfig(steps_per_task=150, cert_samples=64, heldout_samples=100, lid=TINY_LID,
-                             bias="update", strategy="best-loss")
+                             bias="update", strategy="best-loss", recentre=2)
     result = safe.train_safely(spec, sequence, config)
     assert result.matrix.shape == (3, 3) and all(result.inside)
+    assert len(result.lids) == 2 * 2  # tasks 1 and 2: the LID at the boundary, then one re-centred around the params
+    centres = [jax.tree.leaves(l.domain.center) for l in result.lids]
+    assert not all(np.allclose(a, b) for a, b in zip(centres[0], centres[1]))  # re-centred where training had gone
     assert len(result.certificates) == 1 + 2  # after task 1: task 0; after task 2: tasks 0 and 1
     for c in result.certificates:
         assert c.holds and c.certified_accuracy >= c.tau
