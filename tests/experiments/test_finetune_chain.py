@@ -1,0 +1,40 @@
+"""A link of the certified fine-tuning chain: solved on the certification rows alone, checked on the
+held-out rows at the Bonferroni-corrected confidence."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from certify import certificates
+from certify.continual import safe
+from certify.solver import LIDConfig
+from experiments import finetune
+from metaedit import nets
+
+
+def test_a_link_is_shaped_by_certification_rows_only_and_checked_on_heldout_rows(digits):
+    spec = nets.MLPSpec(digits.input_shape, (8,), digits.num_classes)
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    params = safe.projected_steps_jit(spec, nets.init(spec, jax.random.key(0)), None, x, y, 300, 3e-3, 64,
+                                      jax.random.key(1))
+    rows = (np.arange(0, 270), np.arange(270, 540))
+    solver = LIDConfig(steps=40, snapshot_every=20)
+    hx, hy = jnp.asarray(digits.x_test[rows[1]]), jnp.asarray(digits.y_test[rows[1]])
+    accuracy = float((nets.apply(spec, params, hx).argmax(-1) == hy).mean())
+    tau = round(accuracy - 0.15, 2)
+    box, check = finetune.chain_box(spec, params, digits, rows, tau, 4, solver)
+    assert box is not None and box.contains(params)
+    assert check.lower_bound >= tau and check.heldout_samples == 270
+    # the check's bound is at confidence 1 - 0.05 / 4: below the 95% one on the same rows
+    plain = certificates.certificate(spec, box, certificates.Constraint(hx, hy, tau), hx, hy, 0.95)
+    assert check.lower_bound < plain.lower_bound
+    # held-out labels scrambled: the same box is solved (no held-out row shapes it), and it fails its check
+    scrambled = digits.y_test.copy()
+    scrambled[rows[1]] = (scrambled[rows[1]] + 1) % digits.num_classes
+    failed, failed_check = finetune.chain_box(spec, params, dataclasses.replace(digits, y_test=scrambled), rows, tau, 4,
+                                              solver)
+    assert failed is None and failed_check.lower_bound < tau
+    again, _ = finetune.chain_box(spec, params, digits, rows, 1.0, 4, solver)  # unreachable tau: no box
+    assert again is None
