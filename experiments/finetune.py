@@ -55,12 +55,19 @@ class Config:
     max_log_radius: float = option(0.0, "cap on the LID's log half-widths (the solver's max_log_radius)")
     bias: str = option("update", "LID bias weights: none, or room along task B's gradient on a lookahead buffer",
                        choices=("none", "update"))
-    recentre: int = option(1, "box LIDs over the fine-tuning: 1, the one distribution-guaranteed LID; R > 1, a chain "
-                              "of R boxes re-solved around the head at evenly spaced epochs, each checked on the "
-                              "held-out rows at confidence 1 - 0.05 / R")
+    recentre: int = option(1, "box LIDs over the fine-tuning: 1, the one distribution-guaranteed LID; R > 1 (at most "
+                              "epochs), a chain of R boxes re-solved around the head at evenly spaced epochs, each "
+                              "checked on the held-out rows at confidence 1 - 0.05 / R")
     chain_scale_confidence: float = option(0.95, "a chain's boxes: the confidence of the scale test on the second half of "
                                                  "the certification rows (it sizes the box; the held-out check decides)")
     out: str = option("results/finetune", "output folder")
+
+    def __post_init__(self):
+        if not 1 <= self.recentre <= self.epochs:
+            raise ValueError(f"recentre must lie in [1, epochs={self.epochs}] (boxes start at epoch boundaries), "
+                             f"got {self.recentre}")
+        if not 0 < self.chain_scale_confidence < 1:
+            raise ValueError(f"chain_scale_confidence must lie in (0, 1), got {self.chain_scale_confidence}")
 
 
 def shifted(x: jax.Array, shift: str, key: jax.Array) -> jax.Array:
