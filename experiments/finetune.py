@@ -12,7 +12,7 @@ comparison. After every epoch the run checks that the head lies inside the LID, 
 guarantee holds throughout.
 
 With ``recentre`` R > 1 the head walks through a **chain of certified boxes** instead (see
-:func:`chain_box`): at R epoch boundaries a new box is solved around the current head on the
+:func:`chain_box`): at R evenly spaced steps a new box is solved around the current head on the
 certification rows alone (half shapes it, half scales it), and kept only if its held-out
 Clopper-Pearson bound at confidence
 ``1 - 0.05 / R`` is >= tau; at the first box that fails, the chain stops and training stays in the
@@ -55,16 +55,16 @@ class Config:
     max_log_radius: float = option(0.0, "cap on the LID's log half-widths (the solver's max_log_radius)")
     bias: str = option("update", "LID bias weights: none, or room along task B's gradient on a lookahead buffer",
                        choices=("none", "update"))
-    recentre: int = option(1, "box LIDs over the fine-tuning: 1, the one distribution-guaranteed LID; R > 1 (at most "
-                              "epochs), a chain of R boxes re-solved around the head at evenly spaced epochs, each "
-                              "checked on the held-out rows at confidence 1 - 0.05 / R")
+    recentre: int = option(1, "box LIDs over the fine-tuning: 1, the one distribution-guaranteed LID; R > 1, a chain of "
+                              "R boxes re-solved around the head at evenly spaced steps, each checked on the held-out "
+                              "rows at confidence 1 - 0.05 / R")
     chain_scale_confidence: float = option(0.95, "a chain's boxes: the confidence of the scale test on the second half of "
                                                  "the certification rows (it sizes the box; the held-out check decides)")
     out: str = option("results/finetune", "output folder")
 
     def __post_init__(self):
-        if not 1 <= self.recentre <= self.epochs:
-            raise ValueError(f"recentre must lie in [1, epochs={self.epochs}] (boxes start at epoch boundaries), "
+        if not 1 <= self.recentre <= self.epochs * self.steps_per_epoch:
+            raise ValueError(f"recentre must lie in [1, epochs x steps_per_epoch = {self.epochs * self.steps_per_epoch}], "
                              f"got {self.recentre}")
         if not 0 < self.chain_scale_confidence < 1:
             raise ValueError(f"chain_scale_confidence must lie in (0, 1), got {self.chain_scale_confidence}")
@@ -153,23 +153,30 @@ def one_seed(config: Config, seed: int) -> list[dict]:
         return curve
 
     def chained_fine_tune(tau, solver):
-        """Fine-tuning through a chain of ``config.recentre`` checked boxes (:func:`chain_box`); the
-        curve and the held-out check of every box kept (none when the first fails)."""
+        """Fine-tuning through a chain of ``config.recentre`` checked boxes (:func:`chain_box`), the
+        links evenly spaced over all the steps; the curve (per epoch) and the held-out check of every
+        box kept (none when the first fails)."""
         rows = lid.certification_rows(len(ya_test), cert, heldout, seed)
-        starts = sorted({k * config.epochs // config.recentre for k in range(config.recentre)})
+        steps = config.steps_per_epoch
+        starts = sorted({k * config.epochs * steps // config.recentre for k in range(config.recentre)})
         params, curve, checks, domain = head, [], [], None
         for epoch in range(config.epochs):
-            if epoch in starts and (domain is None or len(checks) == starts.index(epoch)):
-                bias = safe.update_bias(head_spec, params, fb[buffer], ya[buffer]) if config.bias == "update" else None
-                box, check = chain_box(head_spec, params, features, rows, tau, config.recentre, solver, bias, seed,
-                                       config.chain_scale_confidence)
-                if box is None and domain is None:
-                    return [], []
-                if box is not None:
-                    domain = box
-                    checks.append(check)
-            params = safe.projected_steps_jit(head_spec, params, domain, fb, ya, config.steps_per_epoch, 1e-3, 64,
-                                              jax.random.fold_in(key, 10 + epoch))
+            cuts = [c for c in starts if epoch * steps <= c < (epoch + 1) * steps]
+            bounds = sorted({epoch * steps, *cuts, (epoch + 1) * steps})
+            for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+                if a in starts and (domain is None or len(checks) == starts.index(a)):
+                    bias = (safe.update_bias(head_spec, params, fb[buffer], ya[buffer]) if config.bias == "update"
+                            else None)
+                    box, check = chain_box(head_spec, params, features, rows, tau, config.recentre, solver, bias, seed,
+                                           config.chain_scale_confidence)
+                    if box is None and domain is None:
+                        return [], []
+                    if box is not None:
+                        domain = box
+                        checks.append(check)
+                part_key = jax.random.fold_in(key, 10 + epoch)
+                part_key = part_key if len(bounds) == 2 else jax.random.fold_in(part_key, part)
+                params = safe.projected_steps_jit(head_spec, params, domain, fb, ya, b - a, 1e-3, 64, part_key)
             curve.append((_accuracy(head_spec, params, fb_test, ya_test),
                           _accuracy(head_spec, params, fa_test, ya_test), bool(domain.contains(params))))
         return curve, checks

@@ -39,5 +39,5 @@ def test_a_link_is_shaped_by_certification_rows_only_and_checked_on_heldout_rows
     assert failed is None and failed_check.lower_bound < tau
     again, _ = finetune.chain_box(spec, params, digits, rows, 1.0, 4, solver)  # unreachable tau: no box
     assert again is None
-    with pytest.raises(ValueError, match=r"recentre must lie in \[1, epochs=10\]"):
-        finetune.Config(recentre=20)  # boxes start at epoch boundaries: more would only tighten the check
+    with pytest.raises(ValueError, match=r"recentre must lie in \[1, epochs x steps_per_epoch = 20\], got 21"):
+        finetune.Config(epochs=2, steps_per_epoch=10, recentre=21)
