@@ -25,7 +25,7 @@ All weights are normalised to mean 1. **Re-centred LIDs** (``recentre`` R > 1) l
 further than one box allows: its steps are cut into R parts, and after each part but the last a
 new box LID certifying every old task (same samples, same tau) is solved around the current
 parameters, which lie in the last box and so keep every old task's certificate; training goes on
-inside the new box (or the old one, if no larger box certifies). Any box that certifies the old
+inside the new box (or the old one, if no new box certifies). Any box that certifies the old
 tasks will do, so the certificate after the task is the box the parameters end in. Every
 scenario is supported: in the task-incremental one
 each task trains and is evaluated on its own classes' logits, and its certificate is stated on
@@ -293,8 +293,9 @@ class TaskCertificate(NamedTuple):
 
 class SafeResult(NamedTuple):
     """matrix [T, T] test accuracy after each task; certificates of the old tasks after each task;
-    lids: the LIDs trained in, in order (one per task boundary, more when re-centred); inside: whether the params after each later task lay
-    in the LID they were trained in (checked on the host); meta_history: lookahead meta-losses."""
+    lids: the LIDs trained in, in order (one per task boundary, more when re-centred); inside:
+    whether the params after each later task lay in the LID they ended in (checked on the host);
+    meta_history: lookahead meta-losses."""
 
     matrix: np.ndarray
     params: Params
@@ -335,7 +336,7 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
             if part > 0:
                 part_key = jax.random.fold_in(part_key, part)
                 box = _recentred(spec, params, box, constraints, [heldout[j] for j in kept], config, lookahead[t],
-                                 jax.random.fold_in(key, 400 + 16 * t + part), masks[t])
+                                 jax.random.fold_in(jax.random.fold_in(key, 400 + t), part), masks[t])
                 chosen.append(box)
             params = projected_steps_jit(spec, params, None if box is None else box.domain, x, y, steps,
                                          config.learning_rate, config.batch, part_key, masks[t])
