@@ -54,8 +54,8 @@ class Config:
     steps: int = option(300, "training steps per task")
     delta: float = option(0.2, "safe variants: tau = min(max(acc - delta, acc / 2), tau_max)")
     tau_max: float = option(0.9, "safe variants: the largest tau")
-    recentre: int = option(4, "the -recentred safe variants: box LIDs per new task (a new one around the parameters "
-                              "after each equal part of the task's steps)")
+    recentre: int = option(4, "the -recentred safe variants: box LIDs per new task (the task's steps cut into this "
+                              "many parts; a new LID around the parameters before each part after the first)")
     only: tuple[str, ...] = option((), "a subset of the methods (default: all)")
     out: str | None = option(None, "output folder (default: results/continual for domain-incremental Split "
                                    "MNIST-5k, else results/continual_<dataset>_<scenario>)")

@@ -58,6 +58,8 @@ def execute(config, report_only: bool = False, merge: Sequence[str] = ()) -> tup
 def merged_tables(names: Sequence[str], folders: Sequence[Path]) -> dict[str, list[dict]]:
     """The rows of each table ``names[i]`` of every folder, in the folders' order; a folder without
     the first table is an error (named), later tables may be missing from some folders."""
+    if len({folder.resolve() for folder in folders}) < len(folders):
+        raise SystemExit("error: --merge: a folder is given twice (its rows would count twice)")
     for folder in folders:
         if not (folder / names[0]).is_file():
             raise SystemExit(f"error: --merge: {folder} has no {names[0]} (not a finished run of this experiment)")

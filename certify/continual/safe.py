@@ -73,9 +73,9 @@ class SafeConfig:
     meta_steps: int = option(5, "Adam steps on the learnt lookahead bias")
     meta_learning_rate: float = option(0.03, "learning rate of the learnt bias")
     strategy: str = option("largest", "how one of the certified snapshots is picked", choices=STRATEGIES)
-    recentre: int = option(1, "box LIDs per new task: its steps are cut into this many parts, and a new LID "
-                              "certifying every old task is solved around the parameters before each part "
-                              "(1: one LID per task boundary)")
+    recentre: int = option(1, "box LIDs per new task: its steps are cut into this many parts, and before each part "
+                              "after the first a new LID certifying every old task is solved around the parameters "
+                              "(1: one LID per task boundary). Adam restarts with each part")
     bias: str = option("none", "bias weights of the LID's size objective", choices=BIASES)
     lid: LIDConfig = option(LIDConfig(steps=200, snapshot_every=40, learning_rate=0.05),
                             "the LID solver's settings (a box)", flag=False)
@@ -240,8 +240,8 @@ def choose(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, confi
 
 
 def _split_steps(steps: int, parts: int) -> list[int]:
-    """``steps`` cut into ``parts`` near-equal counts (the remainder on the last part)."""
-    return [steps // parts] * (parts - 1) + [steps - (parts - 1) * (steps // parts)]
+    """``steps`` cut into ``parts`` counts that differ by at most one (the larger ones first)."""
+    return [steps // parts + (k < steps % parts) for k in range(parts)]
 
 
 def _bias(spec, params: Params, constraints, config: SafeConfig, buffer, key, mask):

@@ -37,6 +37,7 @@ def test_a_link_is_shaped_by_certification_rows_only_and_checked_on_heldout_rows
     failed, failed_check = finetune.chain_box(spec, params, dataclasses.replace(digits, y_test=scrambled), rows, tau, 4,
                                               solver)
     assert failed is None and failed_check.lower_bound < tau
+    assert failed_check.certified_accuracy == check.certified_accuracy  # the same box, on the same certification rows
     again, _ = finetune.chain_box(spec, params, digits, rows, 1.0, 4, solver)  # unreachable tau: no box
     assert again is None
     with pytest.raises(ValueError, match=r"recentre must lie in \[1, epochs x steps_per_epoch = 20\], got 21"):

@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import shutil
 
 import pytest
 
@@ -34,10 +35,13 @@ def test_compliance_harness_writes_its_report(tmp_path):
     again, _ = run.execute(config, report_only=True)  # the report rebuilt from the written tables
     assert again.read_text() == before
     joined = dataclasses.replace(config, out=str(tmp_path / "joined"))  # two runs' tables merged into one report
-    merged, tables = run.execute(joined, merge=[str(tmp_path / "out"), str(tmp_path / "out")])
+    shutil.copytree(tmp_path / "out", tmp_path / "other")
+    merged, tables = run.execute(joined, merge=[str(tmp_path / "out"), str(tmp_path / "other")])
     assert tables["metrics.csv"] == 2 * report.read_csv(tmp_path / "out" / "metrics.csv") and merged.is_file()
     with pytest.raises(SystemExit, match="has no metrics.csv"):
         run.execute(joined, merge=[str(tmp_path / "out"), str(tmp_path)])
+    with pytest.raises(SystemExit, match="a folder is given twice"):
+        run.execute(joined, merge=[str(tmp_path / "out"), str(tmp_path / "out" / ".." / "out")])
 
 
 @pytest.mark.parametrize("name", run.names())
