@@ -143,11 +143,25 @@ def one_seed(config: Config, seed: int) -> list[dict]:
     if config.bias == "update":  # room along task B's gradient
         weights = safe.update_bias(head_spec, head, fb[buffer], ya[buffer])
 
-    def fine_tune(domain):
+    def fine_tune(domain, starts=(), link=None):
+        """The per-epoch curve of fine-tuning the head on task B inside ``domain`` (None: unconstrained).
+        With a chain, ``link(params)`` is called at each step of ``starts`` while no link has failed
+        and returns the next box (None: it failed); None when the first link fails."""
+        steps, links = config.steps_per_epoch, 0
         params, curve = head, []
         for epoch in range(config.epochs):
-            params = safe.projected_steps_jit(head_spec, params, domain, fb, ya, config.steps_per_epoch, 1e-3, 64,
-                                              jax.random.fold_in(key, 10 + epoch))
+            bounds = sorted({epoch * steps, *(c for c in starts if epoch * steps <= c < (epoch + 1) * steps),
+                             (epoch + 1) * steps})
+            for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+                if a in starts and links == starts.index(a):
+                    box = link(params)
+                    if box is None and domain is None:
+                        return None
+                    if box is not None:
+                        domain, links = box, links + 1
+                part_key = jax.random.fold_in(key, 10 + epoch)
+                part_key = part_key if len(bounds) == 2 else jax.random.fold_in(part_key, part)
+                params = safe.projected_steps_jit(head_spec, params, domain, fb, ya, b - a, 1e-3, 64, part_key)
             curve.append((_accuracy(head_spec, params, fb_test, ya_test),
                           _accuracy(head_spec, params, fa_test, ya_test),
                           domain is None or bool(domain.contains(params))))
@@ -155,31 +169,21 @@ def one_seed(config: Config, seed: int) -> list[dict]:
 
     def chained_fine_tune(tau, solver):
         """Fine-tuning through a chain of ``config.recentre`` checked boxes (:func:`chain_box`), the
-        links evenly spaced over all the steps; the curve (per epoch) and the held-out check of every
-        box kept (none when the first fails)."""
+        links evenly spaced over all the steps; the curve (None when the first box fails) and the
+        held-out check of every box kept."""
         rows = lid.certification_rows(len(ya_test), cert, heldout, seed)
-        steps = config.steps_per_epoch
-        starts = sorted({k * config.epochs * steps // config.recentre for k in range(config.recentre)})
-        params, curve, checks, domain = head, [], [], None
-        for epoch in range(config.epochs):
-            cuts = [c for c in starts if epoch * steps <= c < (epoch + 1) * steps]
-            bounds = sorted({epoch * steps, *cuts, (epoch + 1) * steps})
-            for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-                if a in starts and (domain is None or len(checks) == starts.index(a)):
-                    bias = (safe.update_bias(head_spec, params, fb[buffer], ya[buffer]) if config.bias == "update"
-                            else None)
-                    box, check = chain_box(head_spec, params, features, rows, tau, config.recentre, solver, bias, seed,
-                                           config.chain_scale_confidence)
-                    if box is None and domain is None:
-                        return [], []
-                    if box is not None:
-                        domain = box
-                        checks.append(check)
-                part_key = jax.random.fold_in(key, 10 + epoch)
-                part_key = part_key if len(bounds) == 2 else jax.random.fold_in(part_key, part)
-                params = safe.projected_steps_jit(head_spec, params, domain, fb, ya, b - a, 1e-3, 64, part_key)
-            curve.append((_accuracy(head_spec, params, fb_test, ya_test),
-                          _accuracy(head_spec, params, fa_test, ya_test), bool(domain.contains(params))))
+        total = config.epochs * config.steps_per_epoch
+        checks = []
+
+        def link(params):
+            bias = safe.update_bias(head_spec, params, fb[buffer], ya[buffer]) if config.bias == "update" else None
+            box, check = chain_box(head_spec, params, features, rows, tau, config.recentre, solver, bias, seed,
+                                   config.chain_scale_confidence)
+            if box is not None:
+                checks.append(check)
+            return box
+
+        curve = fine_tune(None, sorted({k * total // config.recentre for k in range(config.recentre)}), link)
         return curve, checks
 
     free = fine_tune(None)
@@ -197,7 +201,7 @@ def one_seed(config: Config, seed: int) -> list[dict]:
             certified = certificate.certified_accuracy
         else:
             curve, checks = chained_fine_tune(tau, solver)
-            if not checks:  # no certified box: the head cannot be fine-tuned safely, so it is left as it was
+            if curve is None:  # no certified box: the head cannot be fine-tuned safely, so it is left as it was
                 print(f"seed {seed}, delta {delta}: no box of the chain passed its held-out check", flush=True)
                 curve = [(before["task_b_before"], before["task_a_before"], False)] * config.epochs
             lower_bound = min((c.lower_bound for c in checks), default=None)

@@ -118,9 +118,6 @@ class CachedJit:
                  ",".join(map(_leaf_signature, leaves))]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
-    def lower(self, *args, **kwargs):
-        return self.jitted.lower(*args, **kwargs)
-
 
 _PERSISTENT_HITS = [0]
 

@@ -86,12 +86,12 @@ class Domain(abc.ABC):
     symbols (0 for a box). Subclasses are :func:`pytree_dataclass` classes."""
 
     kind: ClassVar[str]
+    center: Params  # the centre, a params-shaped pytree
+    radius: Params  # the axis-aligned half-widths (>= 0), a params-shaped pytree
 
     def replace(self, **changes) -> "Domain":
         """A copy with the named fields changed."""
         return dataclasses.replace(self, **changes)
-    center: Params  # the centre, a params-shaped pytree
-    radius: Params  # the axis-aligned half-widths (>= 0), a params-shaped pytree
 
     @property
     def rank(self) -> int:
