@@ -76,10 +76,20 @@ def trained(config: Config, reuse_finished: bool = False) -> Trained:
                 return Trained(dataset, spec, networks, found, requirement, target, steps, float("nan"))
         except (checkpoint.CheckpointError, editor.EditorTrainingError):
             pass  # nothing finished there: train
+    finished = _finished(out / "editor")
     started = time.perf_counter()
     trained_editor = editor.train_editor(spec, networks.subset("train"), dataset, editor_config, workdir=out / "editor",
                                          progress=False, validation=networks.subset("val"))
-    return Trained(dataset, spec, networks, trained_editor, requirement, target, steps, time.perf_counter() - started)
+    seconds = float("nan") if finished else time.perf_counter() - started  # a finished editor is only loaded
+    return Trained(dataset, spec, networks, trained_editor, requirement, target, steps, seconds)
+
+
+def _finished(workdir: Path) -> bool:
+    """Whether ``workdir`` holds a finished editor run (loading it is not training it)."""
+    try:
+        return bool(checkpoint.read_record(workdir)[1].get("complete"))
+    except checkpoint.CheckpointError:
+        return False
 
 
 def run(config: Config) -> dict[str, list[dict]]:
@@ -112,6 +122,10 @@ def front_panel(title: str, requirement_name: str, rows: list[dict]) -> report.P
                         vlines=[(target, f"target {target}")])
 
 
+def _seconds(value: float) -> str:
+    return "loaded from an earlier run" if np.isnan(value) else f"{value:.0f} s"
+
+
 def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
     rows = tables["metrics.csv"]
     target = rows[0]["target"]
@@ -119,7 +133,7 @@ def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
     columns = [report.column("method", "method"), *OUTCOME_COLUMNS,
                report.column("ms per edit", "seconds_per_edit", "{:.2f}", 1000)]
     return (report.Report(config.title)
-            .paragraph(f"One editor trained for `{config.editor.requirement}` ({rows[0]['editor_train_seconds']:.0f} s, "
+            .paragraph(f"One editor trained for `{config.editor.requirement}` ({_seconds(rows[0]['editor_train_seconds'])}, "
                        f"{rows[0]['editor_steps']} steps), evaluated on {rows[0]['networks']} held-out networks at target "
                        f"{target}, against the baselines on the same networks. Accuracy change is the mean over "
                        "networks, in points; compliance is the fraction of networks meeting the target; 'constant' is "

@@ -25,10 +25,11 @@ _EXPORTS = {
     "metaedit.zoo": ("Zoo", "ZooConfig", "ZooError", "train_zoo", "load_zoo"),
     "metaedit.gmn": ("Editor", "EditorError", "edit", "edit_batch"),
     "metaedit.editor": ("EditorTrainConfig", "EditorTrainingError", "train_editor", "load_editor"),
-    "metaedit.compare": ("evaluate_editor", "evaluate_baselines"),
+    "metaedit.compare": ("evaluate_editor", "evaluate_baselines", "evaluate_group_shift"),
+    "metaedit.groupshift": ("GroupShifted", "GroupShiftError"),
     "metaedit.requirements": ("Requirement", "RequirementError", "REQUIREMENTS"),
     "metaedit.certified": ("CertifiedEdit", "certified_edit"),
     "metaedit.quickstart": ("QuickstartConfig", "run_quickstart"),
 }
-_ALIASES = {"requirement": ("metaedit.requirements", "get")}
+_ALIASES = {"requirement": ("metaedit.requirements", "get"), "group_shift": ("metaedit.groupshift", "edit")}
 __all__, __getattr__, __dir__ = lazy("metaedit", globals(), _EXPORTS, _ALIASES)

@@ -6,7 +6,8 @@ test split), ``compliance_rate`` (the fraction of networks that meet the target)
 ``constant_fraction`` (the fraction of networks that predict one class for every test row: such an
 edit may meet a gap requirement trivially, so it is always reported) and ``seconds_per_edit``
 (warm wall time per network, compilation excluded on both sides). Editor rows add ``lambda`` and
-``jsd`` (mean divergence from the original network on the test split).
+``jsd`` (mean divergence from the original network on the test split). For the fairness gaps, the
+calibrated group-shift edit (:mod:`metaedit.groupshift`, method ``group_shift``) is a row of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from metaedit import calibrate, gmn, nets, requirements
+from metaedit import calibrate, gmn, groupshift, nets, requirements
 from metaedit.baselines import Baseline, BaselineResult, predict
 from metaedit.datasets import Dataset
 from metaedit.editor import check_lambda, condition
@@ -52,13 +53,15 @@ def test_accuracy(spec: nets.Spec, params: nets.Params, dataset: Dataset) -> np.
 
 def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
                     dataset: Dataset, lambdas: Sequence[float], target: float, progress: bool = False,
-                    calibrated: bool = True) -> list[dict]:
+                    calibrated: bool = True, group_shift: bool = True) -> list[dict]:
     """Hard edits of stacked held-out ``params`` at each lambda, measured on the test split (one row
     per lambda, method ``editor``; a progress bar over the lambdas with ``progress``), and with
     ``calibrated`` one more row, ``lambda`` "auto": each network's least invasive edit that complies
     on validation rows of the training split (:mod:`metaedit.calibrate`), with ``lambda_mean`` (the
     mean lambda chosen), ``found_rate`` (networks where some lambda complied on the validation
-    rows) and ``agreement`` (networks whose test-split compliance agrees with the validation rows)."""
+    rows) and ``agreement`` (networks whose test-split compliance agrees with the validation rows).
+    With ``group_shift``, where :func:`group_shift_reason` allows it, the row of
+    :func:`evaluate_group_shift` follows."""
     for lam in lambdas:
         check_lambda(lam)
     target = requirement.check_target(target)
@@ -90,7 +93,37 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
                      "jsd": float(jax.vmap(requirements.jsd)(before, after).mean()),
                      "lambda_mean": float(chosen.lam.mean()), "found_rate": float(chosen.found.mean()),
                      "agreement": float(np.mean(np.asarray(on_test) == chosen.found))})
+    if group_shift and group_shift_reason(spec, requirement, dataset) is None:
+        rows.append(evaluate_group_shift(spec, requirement, params, dataset, target))
     return rows
+
+
+def group_shift_reason(spec: nets.Spec, requirement: Requirement, dataset: Dataset) -> str | None:
+    """None where a group-shift edit (:mod:`metaedit.groupshift`) can be made, else why not."""
+    try:
+        groupshift.check(spec, requirement)
+        groupshift.group_columns(dataset)
+    except groupshift.GroupShiftError as error:
+        return str(error)
+    return None
+
+
+def evaluate_group_shift(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset: Dataset,
+                         target: float) -> dict:
+    """The calibrated group-shift edit of stacked held-out ``params``, measured on the test split: one
+    row, method ``group_shift``, ``lambda`` "auto", with ``jsd``, ``found_rate`` (networks whose
+    validation rows met the target with the margin) and ``agreement`` (networks whose test-split
+    compliance agrees with the validation rows)."""
+    x = jnp.asarray(dataset.x_test)
+    before = _logits(spec, params, x)
+    shifted = groupshift.edit(spec, requirement, params, dataset, target, calibrate.validation_rows(dataset))
+    after = _logits(spec, shifted.params, x)
+    result = BaselineResult(shifted.params, np.asarray(after.argmax(-1)), shifted.seconds_per_edit)
+    on_test = [requirement.complies(v, target) for v in requirement.measure_result(spec, result, dataset)]
+    return {"method": "group_shift", "setting": "auto", "lambda": "auto",
+            **summarise(requirement, spec, result, dataset, target, test_accuracy(spec, params, dataset)),
+            "jsd": float(jax.vmap(requirements.jsd)(before, after).mean()), "found_rate": float(shifted.found.mean()),
+            "agreement": float(np.mean(np.asarray(on_test) == shifted.found))}
 
 
 def evaluate_baselines(requirement: Requirement, spec: nets.Spec, params: nets.Params, dataset: Dataset,

@@ -66,13 +66,15 @@ def user_errors() -> tuple[type[Exception], ...]:
     from metaedit.datasets import DatasetError
     from metaedit.editor import EditorTrainingError
     from metaedit.gmn import EditorError
+    from metaedit.groupshift import GroupShiftError
     from metaedit.nets import SpecError
     from metaedit.quickstart import QuickstartError
     from metaedit.requirements import RequirementError
     from metaedit.zoo import ZooError
 
     return (DatasetError, SpecError, ZooError, CheckpointError, LIDError, CertificateError, DomainError,
-            EditorTrainingError, EditorError, RequirementError, QuickstartError, ContinualError, BoundError)
+            EditorTrainingError, EditorError, RequirementError, QuickstartError, ContinualError, BoundError,
+            GroupShiftError)
 
 
 def use_caches() -> Callable[[], None]:

@@ -7,13 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from certify import guarantee
 from certify.bounds import BOUNDS
 from certify.certificates import CertificateError
 from certify.solver import LIDConfig, LIDError
-from metaedit import certified, compare, datasets, editor, gmn, nets, zoo
+from metaedit import calibrate, certified, compare, datasets, editor, gmn, groupshift, nets, zoo
 from metaedit.baselines import split_batch
 from metaedit.cli import flags
 from metaedit.gmn import EditorError
@@ -58,18 +59,26 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     spec = _readable(trained_editor, spec, trained.spec, f"the zoo {args.zoo}")
     target = requirement.default_target() if args.target is None else args.target
     rows = compare.evaluate_editor(trained_editor, spec, requirement, trained.subset("test"), dataset, args.lambdas,
-                                   target, calibrated=args.auto)
+                                   target, calibrated=args.auto, group_shift=args.group_shift)
+    reason = compare.group_shift_reason(spec, requirement, dataset)
+    if args.group_shift and reason is not None and requirement.name in ("fairness", "demographic_parity"):
+        print(f"no group-shift row: {reason}", file=sys.stderr)
     for row in rows:
         if args.json:
             print(json.dumps(row))
         else:
-            print(f"lambda {row['lambda']}: compliant {row['compliance_rate']:.3f} at target {row['target']}, "
+            print(f"{row['method']}, lambda {row['lambda']}: compliant {row['compliance_rate']:.3f} at target {row['target']}, "
                   f"accuracy change {100 * row['accuracy_change']:+.2f} points, JSD {row['jsd']:.4f}, "
                   f"constant predictors {row['constant_fraction']:.0%}, {1e3 * row['seconds_per_edit']:.2f} ms per edit")
     return 0
 
 
 def _edit_command(args: argparse.Namespace) -> int:
+    if args.group_shift:
+        if args.lambda_ is not None or args.certify:
+            raise EditorError("--group-shift calibrates its own per-group shifts: leave out --lambda and --certify")
+    elif args.lambda_ is None:
+        raise EditorError("--lambda is required (a trade-off weight in [0, 1] or 'auto'), unless --group-shift")
     if args.certify:
         if args.tau is None:
             raise CertificateError("--certify needs --tau, the held-out lower bound to keep on accuracy")
@@ -86,7 +95,7 @@ def _edit_command(args: argparse.Namespace) -> int:
     if Path(args.out).is_dir():
         raise CertificateError(f"--out {args.out} is a directory: name the params file (.npz) to write")
     trained_editor, spec, dataset, requirement = _load(args.editor)
-    if args.lambda_ != "auto":
+    if args.lambda_ not in (None, "auto"):
         editor.check_lambda(args.lambda_)
     params_spec, params = nets.load_params(args.params)
     spec = _readable(trained_editor, spec, params_spec, args.params)
@@ -94,6 +103,8 @@ def _edit_command(args: argparse.Namespace) -> int:
     nets.validate_params(spec, params)
     if args.certify:
         return _certified_edit(args, trained_editor, spec, requirement, params, dataset, target)
+    if args.group_shift:
+        return _group_shift_edit(args, spec, requirement, params, dataset, target)
     edited, lam, found = certified.edit_network(trained_editor, spec, requirement, params, args.lambda_, target,
                                                 dataset)
     if found is not None:
@@ -102,6 +113,22 @@ def _edit_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
     _save_params(args.out, spec, edited)
     summary = {"lambda": lam, "requirement": requirement.name, "target": target,
+               **certified.outcome(spec, requirement, target, edited, params, split_batch(dataset, "test")),
+               "out": args.out}
+    _print_edit(summary, args.json)
+    return 0
+
+
+def _group_shift_edit(args, spec, requirement, params, dataset, target) -> int:
+    shifted = groupshift.edit(spec, requirement, jax.tree.map(lambda a: np.asarray(a)[None], params), dataset, target,
+                              calibrate.validation_rows(dataset))
+    edited = jax.tree.map(lambda a: a[0], shifted.params)
+    found = bool(shifted.found[0])
+    print("group shift: " + ("it complies with target " if found else "NO shift complies on the validation rows; "
+                             "this is the most compliant one, target ") + str(target), file=sys.stderr)
+    _save_params(args.out, spec, edited)
+    summary = {"lambda": "group-shift", "requirement": requirement.name, "target": target,
+               "shifts": [round(float(v), 6) for v in shifted.shifts[0]], "found": found,
                **certified.outcome(spec, requirement, target, edited, params, split_batch(dataset, "test")),
                "out": args.out}
     _print_edit(summary, args.json)
@@ -172,15 +199,25 @@ def register(commands) -> None:
     parser.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True,
                         help="add the calibrated row, lambda 'auto': each network's least invasive edit that "
                              "complies on validation rows (default: on)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per lambda (default: one line each)")
+    parser.add_argument("--group-shift", action=argparse.BooleanOptionalAction, default=True,
+                        help="for a fairness gap on an MLP that reads the sensitive attribute: add the row of the "
+                             "calibrated group-shift edit (method group_shift; a per-group shift of the decision "
+                             "written into the weights, not the metanetwork's edit) (default: on)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per row (default: one line each)")
     parser.set_defaults(run=_evaluate_command)
 
     parser = commands.add_parser("edit", help="edit one network (a params file) with a trained editor")
     parser.add_argument("--editor", required=True, help="an editor directory written by 'metaedit train-editor'")
     parser.add_argument("--params", required=True, help="the network to edit, a params file (.npz)")
-    parser.add_argument("--lambda", dest="lambda_", type=_lambda, required=True,
+    parser.add_argument("--lambda", dest="lambda_", type=_lambda,
                         help="trade-off weight in [0, 1] (0 keeps the network, 1 meets the requirement at any cost), "
-                             "or 'auto': the least invasive edit that complies on validation rows")
+                             "or 'auto': the least invasive edit that complies on validation rows (no default: "
+                             "required unless --group-shift)")
+    parser.add_argument("--group-shift", action="store_true",
+                        help="for a fairness gap on an MLP that reads the sensitive attribute: instead of the "
+                             "metanetwork's edit, the calibrated group-shift edit (per-group shifts of the decision "
+                             "chosen on validation rows, written into the weights; the editor gives the data set and "
+                             "the requirement) (default: off)")
     parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own)")
     parser.add_argument("--out", required=True, help="the edited params file to write (.npz)")
     parser.add_argument("--certify", action="store_true",

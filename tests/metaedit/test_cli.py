@@ -47,6 +47,34 @@ def test_zoo_on_a_users_csv(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["dataset"]["name"] == "csv" and summary["dataset"]["categorical"] == ["colour", "group"]
     assert summary["test_accuracy_mean"] > 0.8
+    _group_shift_on(out, tmp_path, capsys)
+
+
+def _group_shift_on(csv_zoo, tmp_path, capsys):
+    """A fairness editor on the CSV zoo: ``evaluate`` adds the group-shift row, ``edit --group-shift``
+    writes the shifted network (the sensitive column is one of its inputs); misuse exits 2."""
+    editor_dir = tmp_path / "fair-editor"
+    assert main(["train-editor", "--zoo", str(csv_zoo), "--requirement", "fairness", "--steps", "4", "--chunk-steps",
+                 "4", "--networks-per-step", "2", "--requirement-rows", "64", "--out", str(editor_dir),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--editor", str(editor_dir), "--zoo", str(csv_zoo), "--lambdas", "0", "--no-auto",
+                 "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["method"], r["lambda"]) for r in rows] == [("editor", 0.0), ("group_shift", "auto")]
+    assert set(rows[1]) >= {"compliance_rate", "accuracy_change", "jsd", "constant_fraction", "seconds_per_edit",
+                            "found_rate", "agreement"}
+    member = tmp_path / "fair-member.npz"
+    main(["export", "--zoo", str(csv_zoo), "--member", "0", "--out", str(member)])
+    edit = ["edit", "--editor", str(editor_dir), "--params", str(member), "--out", str(tmp_path / "shifted.npz")]
+    assert main([*edit, "--group-shift", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["lambda"] == "group-shift" and len(summary["shifts"]) == 2 and isinstance(summary["found"], bool)
+    assert (tmp_path / "shifted.npz").is_file()
+    for argv, message in (([*edit, "--group-shift", "--lambda", "0.5"], "leave out --lambda"),
+                          (edit, "--lambda is required")):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -20,7 +20,7 @@ def test_tiny_quickstart_writes_its_report_and_a_certified_lid(tmp_path, capsys)
         assert (out / name).is_file()
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["method"] for r in rows] == ["editor"] * 6 + ["threshold_optimizer", "penalty_finetune"]
+    assert [r["method"] for r in rows] == ["editor"] * 6 + ["group_shift", "threshold_optimizer", "penalty_finetune"]
     assert [r["lambda"] for r in rows][:6] == ["0.0", "0.25", "0.5", "0.75", "1.0", "auto"]
     assert all(0 <= float(r["constant_fraction"]) <= 1 for r in rows)
     # the LID of the edited network is confirmed by `metaedit check`
