@@ -83,19 +83,30 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
         rows.append({"method": "editor", "setting": f"lambda={float(lam)}", "lambda": float(lam),
                      **summarise(requirement, spec, result, dataset, target, accuracy_before),
                      "jsd": float(jax.vmap(requirements.jsd)(before, after).mean())})
+    validation = calibrate.validation_rows(dataset)
     if calibrated:
-        chosen = calibrate.calibrate(editor, spec, requirement, params, target, calibrate.validation_rows(dataset))
-        after = _logits(spec, chosen.params, x)
-        result = BaselineResult(chosen.params, np.asarray(after.argmax(-1)), chosen.seconds_per_edit)
-        on_test = [requirement.complies(v, target) for v in requirement.measure_result(spec, result, dataset)]
-        rows.append({"method": "editor", "setting": "lambda=auto", "lambda": "auto",
-                     **summarise(requirement, spec, result, dataset, target, accuracy_before),
-                     "jsd": float(jax.vmap(requirements.jsd)(before, after).mean()),
-                     "lambda_mean": float(chosen.lam.mean()), "found_rate": float(chosen.found.mean()),
-                     "agreement": float(np.mean(np.asarray(on_test) == chosen.found))})
+        chosen = calibrate.calibrate(editor, spec, requirement, params, target, validation)
+        rows.append(_calibrated_row("editor", "lambda=auto", spec, requirement, dataset, target, before, accuracy_before,
+                                    chosen.params, chosen.found, chosen.seconds_per_edit,
+                                    lambda_mean=float(chosen.lam.mean())))
     if group_shift and group_shift_reason(spec, requirement, dataset) is None:
-        rows.append(evaluate_group_shift(spec, requirement, params, dataset, target))
+        rows.append(_group_shift_row(spec, requirement, params, dataset, target, before, accuracy_before, validation))
     return rows
+
+
+def _calibrated_row(method: str, setting: str, spec: nets.Spec, requirement: Requirement, dataset: Dataset,
+                    target: float, before: jax.Array, accuracy_before: np.ndarray, edited: nets.Params,
+                    found: np.ndarray, seconds: float, **extra) -> dict:
+    """The row of a calibrated mode (``lambda`` "auto"): the shared fields, ``jsd``, ``extra``,
+    ``found_rate`` and ``agreement`` (see :func:`evaluate_editor`); ``before`` [P, n, C]: the
+    original networks' test logits."""
+    after = _logits(spec, edited, jnp.asarray(dataset.x_test))
+    result = BaselineResult(edited, np.asarray(after.argmax(-1)), seconds)
+    on_test = [requirement.complies(v, target) for v in requirement.measure_result(spec, result, dataset)]
+    return {"method": method, "setting": setting, "lambda": "auto",
+            **summarise(requirement, spec, result, dataset, target, accuracy_before),
+            "jsd": float(jax.vmap(requirements.jsd)(before, after).mean()), **extra,
+            "found_rate": float(np.mean(found)), "agreement": float(np.mean(np.asarray(on_test) == found))}
 
 
 def group_shift_reason(spec: nets.Spec, requirement: Requirement, dataset: Dataset) -> str | None:
@@ -108,22 +119,20 @@ def group_shift_reason(spec: nets.Spec, requirement: Requirement, dataset: Datas
     return None
 
 
+def _group_shift_row(spec, requirement, params, dataset, target, before, accuracy_before, validation) -> dict:
+    shifted = groupshift.edit(spec, requirement, params, dataset, target, validation)
+    return _calibrated_row("group_shift", "auto", spec, requirement, dataset, target, before, accuracy_before,
+                           shifted.params, shifted.found, shifted.seconds_per_edit)
+
+
 def evaluate_group_shift(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset: Dataset,
                          target: float) -> dict:
     """The calibrated group-shift edit of stacked held-out ``params``, measured on the test split: one
     row, method ``group_shift``, ``lambda`` "auto", with ``jsd``, ``found_rate`` (networks whose
     validation rows met the target with the margin) and ``agreement`` (networks whose test-split
     compliance agrees with the validation rows)."""
-    x = jnp.asarray(dataset.x_test)
-    before = _logits(spec, params, x)
-    shifted = groupshift.edit(spec, requirement, params, dataset, target, calibrate.validation_rows(dataset))
-    after = _logits(spec, shifted.params, x)
-    result = BaselineResult(shifted.params, np.asarray(after.argmax(-1)), shifted.seconds_per_edit)
-    on_test = [requirement.complies(v, target) for v in requirement.measure_result(spec, result, dataset)]
-    return {"method": "group_shift", "setting": "auto", "lambda": "auto",
-            **summarise(requirement, spec, result, dataset, target, test_accuracy(spec, params, dataset)),
-            "jsd": float(jax.vmap(requirements.jsd)(before, after).mean()), "found_rate": float(shifted.found.mean()),
-            "agreement": float(np.mean(np.asarray(on_test) == shifted.found))}
+    return _group_shift_row(spec, requirement, params, dataset, target, _logits(spec, params, jnp.asarray(dataset.x_test)),
+                            test_accuracy(spec, params, dataset), calibrate.validation_rows(dataset))
 
 
 def evaluate_baselines(requirement: Requirement, spec: nets.Spec, params: nets.Params, dataset: Dataset,

@@ -13,8 +13,8 @@ decision threshold), with no attribute needed at prediction time beyond the netw
   feeds only class 1's logit, with weight 1, and class 1's bias gains ``min(delta)``. The route
   neurons feed nothing else. A network without hidden layers gets the shift on its input weights.
 * **The shifts.** On validation rows (training rows stratified over the (group, label) cells), each
-  group's decision is swept over candidate shifts (the rows' own logit margins, so the grid follows
-  the network's scale), and the shifts kept are those that maximise the accuracy the population would
+  group's decision is swept over candidate shifts (a grid fine near the decision and coarse in the
+  tails, scaled to the rows' logit margins; counted with a histogram, no sort), and the shifts kept are those that maximise the accuracy the population would
   see (each (group, label) cell weighted by its share of the training split) subject to the gap being
   at most ``target - margin``: every group within the bound of the largest group (within half the
   bound with more than two groups, so that every pair is within the bound). No group may lose more
@@ -40,7 +40,7 @@ import numpy as np
 
 from metaedit import nets
 from metaedit.datasets import Dataset
-from metaedit.requirements import Gap, Requirement
+from metaedit.requirements import EqualisedOdds, Gap, Requirement
 from metaedit.training import Batch
 
 CANDIDATES = 127  # shifts tried per group (odd: 0 is the middle one), from no row to every row predicted 1
@@ -100,27 +100,21 @@ def check(spec: nets.Spec, requirement: Requirement) -> None:
                               f"{spec.num_classes} classes")
 
 
-def hidden_activations(spec: nets.MLPSpec, params: nets.Params, x: jax.Array) -> list[jax.Array]:
-    """The hidden activations [n, width] of every hidden layer."""
-    h, out = x.reshape(x.shape[0], -1), []
-    for layer in nets.layers(spec)[:-1]:
+def forward_from(spec: nets.MLPSpec, params: nets.Params, h: jax.Array, start: int = 0
+                 ) -> tuple[list[jax.Array], jax.Array]:
+    """``(hidden, logits)`` from ``h`` [n, width], the input of layer ``start`` (0: the network's input):
+    the activations [n, width] of every hidden layer from ``start`` on, and the logits [n, C]."""
+    h, hidden = h.reshape(h.shape[0], -1), []
+    for layer in nets.layers(spec)[start:-1]:
         h = jax.nn.relu(h @ params[layer.name]["kernel"] + params[layer.name]["bias"])
-        out.append(h)
-    return out
-
-
-def _from_first(spec: nets.MLPSpec, params: nets.Params, first: jax.Array) -> jax.Array:
-    """The logits [n, C] from the first hidden layer's activations ``first`` [n, width]."""
-    h = first
-    for layer in nets.layers(spec)[1:-1]:
-        h = jax.nn.relu(h @ params[layer.name]["kernel"] + params[layer.name]["bias"])
+        hidden.append(h)
     last = nets.layers(spec)[-1].name
-    return h @ params[last]["kernel"] + params[last]["bias"]
+    return hidden, h @ params[last]["kernel"] + params[last]["bias"]
 
 
 def route_neurons(spec: nets.MLPSpec, params: nets.Params, hidden: list[jax.Array]) -> list[jax.Array]:
     """Per hidden layer, the index of its least-used neuron, from the hidden activations ``hidden``
-    (:func:`hidden_activations`, one network)."""
+    (:func:`forward_from`, one network)."""
     names = [layer.name for layer in nets.layers(spec)]
     return [jnp.argmin(jnp.abs(h).mean(0) * jnp.linalg.norm(params[names[i + 1]]["kernel"], axis=1))
             for i, h in enumerate(hidden)]
@@ -153,7 +147,8 @@ def _choose(margin: jax.Array, original: jax.Array, rows: Batch, cell_weights: j
             equalised: bool, candidates: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The shifts [G] for one network's validation margins [n] (module docstring), whether they meet
     the bound, and the gap they leave on the rows (each group's label shares from the population).
-    ``original`` [G]: each group's share of rows the unedited network predicts as class 1. ``cell_weights`` [G, 2]: each (group, label) cell's share of the population."""
+    ``original`` [G]: each group's share of rows the unedited network predicts as class 1;
+    ``cell_weights`` [G, 2]: each (group, label) cell's share of the population."""
     groups = cell_weights.shape[0]
     # candidate thresholds t_k = scale * sinh(u_k) on a symmetric grid of u (t = 0 in the middle: no shift):
     # fine near the decision, coarse in the tails, reaching every margin; shift_k = -t_k
@@ -179,13 +174,14 @@ def _choose(margin: jax.Array, original: jax.Array, rows: Batch, cell_weights: j
         statistic = (rate * share[:, None, :]).sum(-1, keepdims=True)  # [G, K, 1]: P(yhat=1 | g)
     accuracy = rate[..., 1] * cell_weights[:, None, 1] + (1 - rate[..., 0]) * cell_weights[:, None, 0]  # [G, K]
     positive = (rate * counts[:, None, :]).sum(-1) / jnp.maximum(counts.sum(1), 1)[:, None]  # [G, K]
-    kept = (positive >= original[:, None] / 2) & (1 - positive >= (1 - original[:, None]) / 2)  # no collapse  # no collapse
+    kept = (positive >= original[:, None] / 2) & (1 - positive >= (1 - original[:, None]) / 2)  # no collapse
     reference = jnp.argmax(jnp.where(present, cell_weights.sum(1), -1.0))
     tolerance = bound if groups == 2 else bound / 2
     # deviation [G, K_ref, K]: group g at shift k against the reference at shift k_ref
     deviation = jnp.abs(statistic[:, None, :, :] - statistic[reference][None, :, None, :]).max(-1)
     deviation = jnp.where(present[:, None, None], deviation, 0.0)
-    allowed = (deviation <= tolerance) & kept[:, None, :] & kept[reference][None, :, None]
+    usable = kept[:, None, :] & kept[reference][None, :, None]  # [G, K_ref, K]: neither collapses a class
+    allowed = (deviation <= tolerance) & usable
     mine = jnp.arange(groups)[:, None, None] == reference
     same = jnp.arange(2 * half + 1)[None, :, None] == jnp.arange(2 * half + 1)[None, None, :]
     allowed = jnp.where(mine, same & kept[reference][None, :, None], allowed)
@@ -193,9 +189,7 @@ def _choose(margin: jax.Array, original: jax.Array, rows: Batch, cell_weights: j
     gain = jnp.where(allowed, accuracy[:, None, :], -jnp.inf)  # [G, K_ref, K]
     best, total = gain.argmax(-1), gain.max(-1).sum(0)  # [G, K_ref], [K_ref]
     found = jnp.isfinite(total).any()
-    # where nothing is allowed: the shifts that come closest to the bound (ties: the reference unshifted)
-    # (among the shifts that collapse no class)
-    usable = kept[:, None, :] & kept[reference][None, :, None]
+    # where nothing is allowed: the usable shifts that come closest to the bound (ties: the reference unshifted)
     closest = jnp.where(mine, jnp.where(same & usable, 0.0, jnp.inf), jnp.where(usable, deviation, jnp.inf)).argmin(-1)
     worst = jnp.take_along_axis(jnp.where(mine | ~usable, 0.0, deviation), closest[..., None], -1)[..., 0].max(0)
     worst = jnp.where(kept[reference], worst, jnp.inf).at[half].add(-1e-6)  # ties: the reference unshifted
@@ -211,18 +205,15 @@ def _edit_all(spec: nets.MLPSpec, requirement: Gap, params: nets.Params, rows: B
               cell_weights: jax.Array, bound: jax.Array, candidates: int) -> tuple[nets.Params, jax.Array,
                                                                                      jax.Array, jax.Array]:
     """Every network of ``params`` [P, ...] edited: (params, shifts [P, G], found [P], gap [P])."""
-    equalised = requirement.name == "fairness"
+    equalised = isinstance(requirement, EqualisedOdds)
 
     def one(p):
-        hidden = hidden_activations(spec, p, rows.x)
+        hidden, before = forward_from(spec, p, rows.x)
         neurons = route_neurons(spec, p, hidden)
         zero = jnp.zeros(columns.shape, jnp.float32)
         bare = with_route(spec, p, neurons, zero, jnp.zeros(()))  # the route's neurons given up, no shift yet
-        if neurons:  # one pass of the first layer serves both networks: they differ there in one neuron only
-            before = _from_first(spec, p, hidden[0])
-            logits = _from_first(spec, bare, hidden[0].at[:, neurons[0]].set(0.0))
-        else:
-            before = logits = nets.apply(spec, p, rows.x)
+        # the bare network differs from p in the first layer in one neuron only: its pass there is reused
+        logits = forward_from(spec, bare, hidden[0].at[:, neurons[0]].set(0.0), 1)[1] if neurons else before
         members = jax.nn.one_hot(rows.s, cell_weights.shape[0], dtype=jnp.float32)  # [n, G]
         original = ((before[:, 1] > before[:, 0]) @ members) / jnp.maximum(members.sum(0), 1)
         shifts, found, gap = _choose(logits[:, 1] - logits[:, 0], original, rows, cell_weights, bound, equalised,
