@@ -41,6 +41,8 @@ class Config:
     strengths: tuple[tuple[str, tuple[float, ...]], ...] = option((), "strengths per baseline (default: each "
                                                                       "baseline's own)", flag=False)
     out: str = option("results/compliance", "output folder")
+    reuse_editor: bool = option(False, "load a finished editor from <out>/editor as it is, even if editor settings "
+                                       "added since have other defaults (its training time is then unknown)")
 
 
 class Trained(NamedTuple):
@@ -93,7 +95,7 @@ def _finished(workdir: Path) -> bool:
 
 
 def run(config: Config) -> dict[str, list[dict]]:
-    setup = trained(config)
+    setup = trained(config, reuse_finished=config.reuse_editor)
     dataset, spec, requirement, target = setup.dataset, setup.spec, setup.requirement, setup.target
     held_out = jax.tree.map(np.asarray, setup.zoo.subset("test"))
     rows = compare.evaluate_editor(setup.editor, spec, requirement, held_out, dataset, config.lambdas, target)

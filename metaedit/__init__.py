@@ -25,11 +25,14 @@ _EXPORTS = {
     "metaedit.zoo": ("Zoo", "ZooConfig", "ZooError", "train_zoo", "load_zoo"),
     "metaedit.gmn": ("Editor", "EditorError", "edit", "edit_batch"),
     "metaedit.editor": ("EditorTrainConfig", "EditorTrainingError", "train_editor", "load_editor"),
-    "metaedit.compare": ("evaluate_editor", "evaluate_baselines", "evaluate_group_shift"),
+    "metaedit.compare": ("evaluate_editor", "evaluate_baselines", "evaluate_group_shift",
+                          "evaluate_imputation"),
     "metaedit.groupshift": ("GroupShifted", "GroupShiftError"),
+    "metaedit.imputation": ("Imputed", "ImputationError"),
     "metaedit.requirements": ("Requirement", "RequirementError", "REQUIREMENTS"),
     "metaedit.certified": ("CertifiedEdit", "certified_edit"),
     "metaedit.quickstart": ("QuickstartConfig", "run_quickstart"),
 }
-_ALIASES = {"requirement": ("metaedit.requirements", "get"), "group_shift": ("metaedit.groupshift", "edit")}
+_ALIASES = {"requirement": ("metaedit.requirements", "get"), "group_shift": ("metaedit.groupshift", "edit"),
+            "impute": ("metaedit.imputation", "edit")}
 __all__, __getattr__, __dir__ = lazy("metaedit", globals(), _EXPORTS, _ALIASES)

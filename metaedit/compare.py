@@ -7,7 +7,8 @@ test split), ``compliance_rate`` (the fraction of networks that meet the target)
 edit may meet a gap requirement trivially, so it is always reported) and ``seconds_per_edit``
 (warm wall time per network, compilation excluded on both sides). Editor rows add ``lambda`` and
 ``jsd`` (mean divergence from the original network on the test split). For the fairness gaps, the
-calibrated group-shift edit (:mod:`metaedit.groupshift`, method ``group_shift``) is a row of its own.
+calibrated group-shift edit (:mod:`metaedit.groupshift`, method ``group_shift``) is a row of its own, and
+for data minimisation the imputation edit (:mod:`metaedit.imputation`, method ``imputation``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from metaedit import calibrate, gmn, groupshift, nets, requirements
+from metaedit import calibrate, gmn, groupshift, imputation, nets, requirements
 from metaedit.baselines import Baseline, BaselineResult, predict
 from metaedit.datasets import Dataset
 from metaedit.editor import check_lambda, condition
@@ -53,7 +54,7 @@ def test_accuracy(spec: nets.Spec, params: nets.Params, dataset: Dataset) -> np.
 
 def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
                     dataset: Dataset, lambdas: Sequence[float], target: float, progress: bool = False,
-                    calibrated: bool = True, group_shift: bool = True) -> list[dict]:
+                    calibrated: bool = True, group_shift: bool = True, imputed: bool = True) -> list[dict]:
     """Hard edits of stacked held-out ``params`` at each lambda, measured on the test split (one row
     per lambda, method ``editor``; a progress bar over the lambdas with ``progress``), and with
     ``calibrated`` one more row, ``lambda`` "auto": each network's least invasive edit that complies
@@ -61,7 +62,8 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
     mean lambda chosen), ``found_rate`` (networks where some lambda complied on the validation
     rows) and ``agreement`` (networks whose test-split compliance agrees with the validation rows).
     With ``group_shift``, where :func:`group_shift_reason` allows it, the row of
-    :func:`evaluate_group_shift` follows."""
+    :func:`evaluate_group_shift` follows; with ``imputed``, for data minimisation on an MLP, the row
+    of :func:`evaluate_imputation`."""
     for lam in lambdas:
         check_lambda(lam)
     target = requirement.check_target(target)
@@ -91,6 +93,8 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
                                     lambda_mean=float(chosen.lam.mean())))
     if group_shift and group_shift_reason(spec, requirement, dataset) is None:
         rows.append(_group_shift_row(spec, requirement, params, dataset, target, before, accuracy_before, validation))
+    if imputed and imputation_reason(spec, requirement) is None:
+        rows.append(_imputation_row(spec, requirement, params, dataset, target, before, accuracy_before))
     return rows
 
 
@@ -133,6 +137,30 @@ def evaluate_group_shift(spec: nets.Spec, requirement: Requirement, params: nets
     compliance agrees with the validation rows)."""
     return _group_shift_row(spec, requirement, params, dataset, target, _logits(spec, params, jnp.asarray(dataset.x_test)),
                             test_accuracy(spec, params, dataset), calibrate.validation_rows(dataset))
+
+
+def imputation_reason(spec: nets.Spec, requirement: Requirement) -> str | None:
+    """None where an imputation edit (:mod:`metaedit.imputation`) can be made, else why not."""
+    try:
+        imputation.check(spec, requirement)
+    except imputation.ImputationError as error:
+        return str(error)
+    return None
+
+
+def _imputation_row(spec, requirement, params, dataset, target, before, accuracy_before) -> dict:
+    edited = imputation.edit(spec, requirement, params, dataset, target)
+    return _calibrated_row("imputation", f"kept<={int(np.floor(target))}", spec, requirement, dataset, target, before,
+                           accuracy_before, edited.params, edited.kept.sum(1) <= target, edited.seconds_per_edit)
+
+
+def evaluate_imputation(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset: Dataset,
+                        target: float) -> dict:
+    """The imputation edit of stacked held-out ``params`` (data minimisation), measured on the test
+    split: one row, method ``imputation``, ``lambda`` "auto", with ``jsd``, ``found_rate`` (networks
+    left reading at most ``target`` groups) and ``agreement`` (as :func:`evaluate_group_shift`)."""
+    return _imputation_row(spec, requirement, params, dataset, target,
+                           _logits(spec, params, jnp.asarray(dataset.x_test)), test_accuracy(spec, params, dataset))
 
 
 def evaluate_baselines(requirement: Requirement, spec: nets.Spec, params: nets.Params, dataset: Dataset,

@@ -6,7 +6,8 @@ A seeded Adult zoo (``mlp:32,32``) is trained; its first ``--networks`` members 
 editor (its cost does not depend on its weights, so a freshly initialised one is timed), by the
 editor's calibrated mode (``editor-calibrated``: every lambda of the calibration grid, measured on
 the validation rows, the least invasive compliant edit kept), for the fairness gaps by the calibrated
-group-shift edit (``group-shift``, :mod:`metaedit.groupshift`), and by every
+group-shift edit (``group-shift``, :mod:`metaedit.groupshift`), for data minimisation by the
+imputation edit (``imputation``, :mod:`metaedit.imputation`), and by every
 baseline of every requirement at its default strength. Each method runs once to compile, then is
 timed on a second, warm call (the baselines do this themselves: ``metaedit.baselines.timed``);
 ``first_call_seconds`` is the first call, compilation included. JSON lines: ``benchmark``
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 
 from experiments.benchmarks.common import emit, machine
-from metaedit import calibrate, compare, datasets, editor, gmn, groupshift, nets, requirements, zoo
+from metaedit import calibrate, compare, datasets, editor, gmn, groupshift, imputation, nets, requirements, zoo
 
 
 def _timed(run) -> tuple[float, float]:
@@ -69,6 +70,12 @@ def main(argv=None) -> None:
             emit("edit_cost", "group-shift", 1e3 * shifted.seconds_per_edit, "ms/network", requirement=name,
                  validation_rows=int(rows.y.shape[0]), candidates=groupshift.CANDIDATES,
                  first_call_seconds=time.perf_counter() - started - shifted.seconds_per_edit * count, **where)
+        if compare.imputation_reason(spec, requirement) is None:
+            started = time.perf_counter()
+            imputed = imputation.edit(spec, requirement, params, data, requirement.default_target())
+            emit("edit_cost", "imputation", 1e3 * imputed.seconds_per_edit, "ms/network", requirement=name,
+                 rows=imputation.ROWS, first_call_seconds=time.perf_counter() - started - imputed.seconds_per_edit * count,
+                 **where)
         for baseline_name, baseline in requirement.baselines().items():
             strength = requirement.default_target() if baseline.default_strength is None else baseline.default_strength
             strength = int(strength) if baseline.strength == "kept" else strength

@@ -67,6 +67,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from metaedit.editor import EditorTrainingError
     from metaedit.gmn import EditorError
     from metaedit.groupshift import GroupShiftError
+    from metaedit.imputation import ImputationError
     from metaedit.nets import SpecError
     from metaedit.quickstart import QuickstartError
     from metaedit.requirements import RequirementError
@@ -74,7 +75,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
     return (DatasetError, SpecError, ZooError, CheckpointError, LIDError, CertificateError, DomainError,
             EditorTrainingError, EditorError, RequirementError, QuickstartError, ContinualError, BoundError,
-            GroupShiftError)
+            GroupShiftError, ImputationError)
 
 
 def use_caches() -> Callable[[], None]:

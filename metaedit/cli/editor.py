@@ -14,7 +14,7 @@ from certify import guarantee
 from certify.bounds import BOUNDS
 from certify.certificates import CertificateError
 from certify.solver import LIDConfig, LIDError
-from metaedit import calibrate, certified, compare, datasets, editor, gmn, groupshift, nets, zoo
+from metaedit import calibrate, certified, compare, datasets, editor, gmn, groupshift, imputation, nets, zoo
 from metaedit.baselines import split_batch
 from metaedit.cli import flags
 from metaedit.gmn import EditorError
@@ -60,7 +60,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     spec = _readable(trained_editor, spec, trained.spec, f"the zoo {args.zoo}")
     target = requirement.default_target() if args.target is None else args.target
     rows = compare.evaluate_editor(trained_editor, spec, requirement, trained.subset("test"), dataset, args.lambdas,
-                                   target, calibrated=args.auto, group_shift=args.group_shift)
+                                   target, calibrated=args.auto, group_shift=args.group_shift,
+                                   imputed=args.imputation)
     if args.group_shift and isinstance(requirement, Gap) and not any(r["method"] == "group_shift" for r in rows):
         print(f"no group-shift row: {compare.group_shift_reason(spec, requirement, dataset)}", file=sys.stderr)
     for row in rows:
@@ -74,11 +75,15 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
 
 def _edit_command(args: argparse.Namespace) -> int:
-    if args.group_shift:
+    if args.group_shift and args.imputation:
+        raise EditorError("--group-shift and --imputation are two different edits: choose one")
+    if args.group_shift or args.imputation:
+        flag = "--group-shift" if args.group_shift else "--imputation"
         if args.lambda_ is not None or args.certify:
-            raise EditorError("--group-shift calibrates its own per-group shifts: leave out --lambda and --certify")
+            raise EditorError(f"{flag} is an edit of its own, chosen on data: leave out --lambda and --certify")
     elif args.lambda_ is None:
-        raise EditorError("--lambda is required (a trade-off weight in [0, 1] or 'auto'), unless --group-shift")
+        raise EditorError("--lambda is required (a trade-off weight in [0, 1] or 'auto'), unless --group-shift or "
+                          "--imputation")
     if args.certify:
         if args.tau is None:
             raise CertificateError("--certify needs --tau, the held-out lower bound to keep on accuracy")
@@ -105,6 +110,8 @@ def _edit_command(args: argparse.Namespace) -> int:
         return _certified_edit(args, trained_editor, spec, requirement, params, dataset, target)
     if args.group_shift:
         return _group_shift_edit(args, spec, requirement, params, dataset, target)
+    if args.imputation:
+        return _imputation_edit(args, spec, requirement, params, dataset, target)
     edited, lam, found = certified.edit_network(trained_editor, spec, requirement, params, args.lambda_, target,
                                                 dataset)
     if found is not None:
@@ -129,6 +136,18 @@ def _group_shift_edit(args, spec, requirement, params, dataset, target) -> int:
     _save_params(args.out, spec, edited)
     summary = {"lambda": "group-shift", "requirement": requirement.name, "target": target,
                "shifts": [round(float(v), 6) for v in shifted.shifts[0]], "found": found,
+               **certified.outcome(spec, requirement, target, edited, params, split_batch(dataset, "test")),
+               "out": args.out}
+    _print_edit(summary, args.json)
+    return 0
+
+
+def _imputation_edit(args, spec, requirement, params, dataset, target) -> int:
+    imputed = imputation.edit(spec, requirement, jax.tree.map(lambda a: np.asarray(a)[None], params), dataset, target)
+    edited = jax.tree.map(lambda a: a[0], imputed.params)
+    _save_params(args.out, spec, edited)
+    kept = [i for i, on in enumerate(imputed.kept[0]) if on]
+    summary = {"lambda": "imputation", "requirement": requirement.name, "target": target, "kept_groups": kept,
                **certified.outcome(spec, requirement, target, edited, params, split_batch(dataset, "test")),
                "out": args.out}
     _print_edit(summary, args.json)
@@ -203,6 +222,10 @@ def register(commands) -> None:
                         help="for a fairness gap on an MLP that reads the sensitive attribute: add the row of the "
                              "calibrated group-shift edit (method group_shift; a per-group shift of the decision "
                              "written into the weights, not the metanetwork's edit) (default: on)")
+    parser.add_argument("--imputation", action=argparse.BooleanOptionalAction, default=True,
+                        help="for data minimisation on an MLP: add the row of the imputation edit (method "
+                             "imputation; dropped groups replaced by their linear prediction from the kept ones, "
+                             "folded into the weights, not the metanetwork's edit) (default: on)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row (default: one line each)")
     parser.set_defaults(run=_evaluate_command)
 
@@ -212,12 +235,17 @@ def register(commands) -> None:
     parser.add_argument("--lambda", dest="lambda_", type=_lambda,
                         help="trade-off weight in [0, 1] (0 keeps the network, 1 meets the requirement at any cost), "
                              "or 'auto': the least invasive edit that complies on validation rows (no default: "
-                             "required unless --group-shift)")
+                             "required unless --group-shift or --imputation)")
     parser.add_argument("--group-shift", action="store_true",
                         help="for a fairness gap on an MLP that reads the sensitive attribute: instead of the "
                              "metanetwork's edit, the calibrated group-shift edit (per-group shifts of the decision "
                              "chosen on validation rows, written into the weights; the editor gives the data set and "
                              "the requirement) (default: off)")
+    parser.add_argument("--imputation", action="store_true",
+                        help="for data minimisation on an MLP: instead of the metanetwork's edit, the imputation "
+                             "edit (the groups to drop chosen per network; their best linear prediction from the "
+                             "kept groups folded into the first layer, later layers refit on training rows; the "
+                             "editor gives the data set and the requirement) (default: off)")
     parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own)")
     parser.add_argument("--out", required=True, help="the edited params file to write (.npz)")
     parser.add_argument("--certify", action="store_true",

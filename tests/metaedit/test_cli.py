@@ -48,6 +48,31 @@ def test_zoo_on_a_users_csv(tmp_path, capsys):
     assert summary["dataset"]["name"] == "csv" and summary["dataset"]["categorical"] == ["colour", "group"]
     assert summary["test_accuracy_mean"] > 0.8
     _group_shift_on(out, tmp_path, capsys)
+    _imputation_on(out, tmp_path, capsys)
+
+
+def _imputation_on(csv_zoo, tmp_path, capsys):
+    """A minimisation editor on the CSV zoo (4 feature groups, target 2): ``evaluate`` adds the
+    imputation row, ``edit --imputation`` writes a network that reads 2 groups; misuse exits 2."""
+    editor_dir = tmp_path / "min-editor"
+    assert main(["train-editor", "--zoo", str(csv_zoo), "--requirement", "minimisation", "--steps", "4",
+                 "--chunk-steps", "4", "--networks-per-step", "2", "--out", str(editor_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--editor", str(editor_dir), "--zoo", str(csv_zoo), "--lambdas", "0", "--no-auto",
+                 "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["method"], r["lambda"]) for r in rows] == [("editor", 0.0), ("imputation", "auto")]
+    assert rows[1]["compliance_rate"] == 1.0 and rows[1]["found_rate"] == 1.0 and rows[1]["value"] <= 2
+    member = tmp_path / "min-member.npz"
+    main(["export", "--zoo", str(csv_zoo), "--member", "0", "--out", str(member)])
+    edit = ["edit", "--editor", str(editor_dir), "--params", str(member), "--out", str(tmp_path / "imputed.npz")]
+    assert main([*edit, "--imputation", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["lambda"] == "imputation" and len(summary["kept_groups"]) == 2 and summary["compliant"] is True
+    for argv, message in (([*edit, "--imputation", "--group-shift"], "choose one"),
+                          ([*edit, "--imputation", "--lambda", "0.5"], "leave out --lambda")):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
 
 
 def _group_shift_on(csv_zoo, tmp_path, capsys):
