@@ -7,20 +7,23 @@ told the network that the kept columns could have told it too. This edit keeps t
 * **Imputation.** The removed columns ``x_R`` are replaced by their best linear prediction from the
   kept ones, ``mu_R + Sigma_RK Sigma_KK^-1 (x_K - mu_K)`` (mean and covariance of the training split,
   a small ridge on ``Sigma_KK``), and the prediction is folded into the first layer:
-  ``W'_K = W_K + Sigma_KK^-1 Sigma_KR W_R``, ``W'_R = 0``, the bias absorbing the means. These are
-  the first-layer weights on the kept columns whose pre-activations are closest, in mean square, to
-  the original ones.
-* **Which groups.** Greedy backward elimination per network: the group whose removal adds least to
-  the network's output divergence is dropped, until k are left. The divergence is its second-order
-  (Gauss-Newton) estimate ``tr(H dW^T Sigma dW)``: ``H`` [h, h] is the mean over rows of
-  ``J^T F J`` (``J``: the logits' Jacobian in the first layer's pre-activations, ``F``: the softmax's
-  Fisher matrix), ``dW`` the imputation's change of the first-layer kernel. ``dW = T_K W`` with a
-  data-only ``T_K``, so the score is the inner product of ``T_K^T Sigma T_K`` (one per kept set,
-  shared by every network that considers it) with ``W H W^T`` (one per network): scoring every
-  candidate of every network is one matrix product.
+  ``W'_K = W_K + Sigma_KK^-1 Sigma_KR W_R``, ``W'_R = 0`` (set, not computed: exactly 0 on any
+  device), the bias absorbing the means. These are the first-layer weights on the kept columns
+  whose pre-activations are closest, in mean square, to the original ones. Columns in no group
+  are always kept.
+* **Which groups.** Greedy backward elimination per network, from the groups it reads: the group
+  whose removal adds least to the network's output divergence is dropped, until k are left. The
+  divergence is estimated to second order (Gauss-Newton), with the curvature averaged over rows
+  apart from the change (an approximation on top of the second order): ``tr(H dW^T Sigma dW)``.
+  ``H`` [h, h] is the mean over rows of ``J^T F J`` (``J``: the logits' Jacobian in the first
+  layer's pre-activations, ``F``: the softmax's Fisher matrix), ``dW`` the imputation's change of
+  the first-layer kernel. ``dW = T_K W`` with a data-only ``T_K``, so the score is the inner product
+  of ``T_K^T Sigma T_K`` (one per kept set, computed once for every network that considers it) with
+  ``W H W^T`` (one per network). Memory: distinct kept sets x groups x d^2 floats per step.
 * **Refit.** Every later layer is refit by least squares (a small ridge) to the original network's
   pre-activations on the same rows, given the edited network's activations (layer-wise
-  reconstruction). The first layer's removed rows stay exactly 0.
+  reconstruction). The first layer's removed rows stay exactly 0. A network that already reads at
+  most k groups is returned unchanged.
 
 It is not the metanetwork (:mod:`metaedit.gmn`): it reads data, and serves data minimisation only.
 Hand-written (no library folds imputation into weights); in JAX and batched over a population.
@@ -64,6 +67,12 @@ def check(spec: nets.Spec, requirement: Requirement) -> None:
         raise ImputationError(f"an imputation edit meets data minimisation; {requirement.name} is not it")
     if not isinstance(spec, nets.MLPSpec):
         raise ImputationError(f"an imputation edit needs an MLP on tabular features; got {nets.describe(spec)}")
+    if spec.num_classes < 2:
+        raise ImputationError(f"an imputation edit needs at least 2 classes (a softmax), got {spec.num_classes}")
+    width = int(np.prod(spec.input_shape))
+    outside = sorted({c for columns in requirement.groups for c in columns if not 0 <= c < width})
+    if outside:
+        raise ImputationError(f"feature groups name columns {outside[:5]} outside the network's {width} inputs")
 
 
 class Statistics(NamedTuple):
@@ -86,16 +95,23 @@ def statistics(dataset: Dataset, groups) -> Statistics:
                       jnp.asarray(members))
 
 
+def kept_columns(stats: Statistics, kept_groups: jax.Array) -> jax.Array:
+    """[..., d] 1 on the columns kept by group masks [..., G] (0/1): a column goes when any group
+    holding it goes; a column in no group stays."""
+    return 1.0 - jnp.minimum(1.0, (1.0 - kept_groups) @ stats.members)
+
+
 @jax.jit
 def transforms(stats: Statistics, kept_groups: jax.Array) -> tuple[jax.Array, jax.Array]:
     """For kept-group masks [S, G] (0/1): ``T`` [S, d, d], the first-layer kernel's change per unit
     of kernel (``dW = T W``: the removed rows zeroed, the kept rows gaining the imputation), and
-    ``Q = T^T Sigma T`` [S, d, d], the covariance of the pre-activations' change per unit."""
+    ``Q = T^T Sigma T`` [S, d, d], the covariance of the input-side change ``(x - mu) T`` (the
+    pre-activations' change has covariance ``W^T Q W``)."""
     covariance = stats.covariance
     ridge = RIDGE * jnp.trace(covariance) / covariance.shape[0]
 
     def one(kept):
-        k = kept @ stats.members  # [d] 1 on the kept columns
+        k = kept_columns(stats, kept)  # [d] 1 on the kept columns
         system = k[:, None] * covariance * k[None, :] + jnp.diag(1 - k + ridge * k)
         impute = jnp.linalg.solve(system, k[:, None] * covariance * (1 - k)[None, :])  # [d, d], rows K only
         change = impute - jnp.diag(1 - k)
@@ -133,19 +149,22 @@ def curvatures(spec: nets.MLPSpec, params: nets.Params, x: jax.Array) -> jax.Arr
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def apply_transform(spec: nets.MLPSpec, params: nets.Params, change: jax.Array, stats: Statistics,
-                    x: jax.Array) -> nets.Params:
-    """The imputed first layer (kernel ``W + T W``, bias absorbing the means) and the least-squares
-    refit of every later layer on rows ``x`` [n, d]; ``change`` [P, d, d] is each network's ``T``."""
+def apply_transform(spec: nets.MLPSpec, params: nets.Params, change: jax.Array, kept: jax.Array,
+                    dropping: jax.Array, stats: Statistics, x: jax.Array) -> nets.Params:
+    """The imputed first layer (kernel ``W + T W`` on the kept columns ``kept`` [P, d] and exactly 0
+    on the others, bias absorbing the means) and the least-squares refit of every later layer on rows
+    ``x`` [n, d]; ``change`` [P, d, d] is each network's ``T``. Networks with ``dropping`` [P] False
+    are returned as they are."""
     names = [layer.name for layer in nets.layers(spec)]
 
-    def one(p, t):
+    def one(p, t, k, drop):
         out = {name: dict(p[name]) for name in names}
-        delta = t @ p[names[0]]["kernel"]
-        out[names[0]] = {"kernel": p[names[0]]["kernel"] + delta, "bias": p[names[0]]["bias"] - stats.mean @ delta}
-        return refit(spec, p, out, x)
+        kernel = p[names[0]]["kernel"]
+        imputed = jnp.where(k[:, None] > 0, kernel + t @ kernel, 0.0)
+        out[names[0]] = {"kernel": imputed, "bias": p[names[0]]["bias"] - stats.mean @ (imputed - kernel)}
+        return jax.tree.map(lambda new, old: jnp.where(drop, new, old), refit(spec, p, out, x), p)
 
-    return jax.lax.map(lambda pt: one(*pt), (params, change))
+    return jax.lax.map(lambda args: one(*args), (params, change, kept, dropping))
 
 
 def refit(spec: nets.MLPSpec, original: nets.Params, edited: nets.Params, x: jax.Array) -> nets.Params:
@@ -190,17 +209,17 @@ def _scores(stats: Statistics, masks: jax.Array, owner: jax.Array, curvature: ja
     return jax.lax.map(lambda pc: jnp.einsum("gij,ij->g", spread[pc[0]], pc[1]), (index, curvature))
 
 
-def choose_groups(stats: Statistics, curvature: jax.Array, keep: int) -> np.ndarray:
-    """[P, G] bool: each network's kept groups after greedy backward elimination down to ``keep``
-    (module docstring); ``curvature`` [P, d, d] from :func:`curvatures`. The candidates' data-only
-    part is computed once per distinct kept set in the population."""
-    networks, groups = curvature.shape[0], stats.members.shape[0]
-    kept = np.ones((networks, groups), bool)
-    for _ in range(max(0, groups - keep)):
+def choose_groups(stats: Statistics, curvature: jax.Array, read: np.ndarray, keep: int) -> np.ndarray:
+    """[P, G] bool: each network's kept groups after greedy backward elimination from the groups it
+    reads, ``read`` [P, G] (bool), down to ``keep`` (module docstring); ``curvature`` [P, d, d] from
+    :func:`curvatures`. The candidates' data-only part is computed once per distinct kept set."""
+    kept = np.array(read, bool)
+    while (kept.sum(1) > keep).any():
         masks, owner = np.unique(kept, axis=0, return_inverse=True)
         scores = np.asarray(_scores(stats, _padded(masks), jnp.asarray(owner.reshape(-1)), curvature))
         scores = np.where(kept, scores, np.inf)
-        kept[np.arange(networks), scores.argmin(1)] = False
+        over = np.flatnonzero(kept.sum(1) > keep)
+        kept[over, scores[over].argmin(1)] = False
     return kept
 
 
@@ -219,12 +238,18 @@ def edit(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset
     params = jax.tree.map(jnp.asarray, params)
     keep = int(np.floor(target))
 
+    first = nets.layers(spec)[0].name
+
     def run():
         stats = statistics(dataset, requirement.groups)
-        kept = choose_groups(stats, curvatures(spec, params, x), keep)
+        read = np.asarray(jax.vmap(lambda k: (k != 0).any(-1))(params[first]["kernel"]).astype(jnp.float32)
+                          @ stats.members.T > 0)  # [P, G]: the groups each network reads
+        kept = choose_groups(stats, curvatures(spec, params, x), read, keep)
         masks, owner = np.unique(kept, axis=0, return_inverse=True)
-        change = transforms(stats, _padded(masks))[0]
-        return apply_transform(spec, params, change[jnp.asarray(owner.reshape(-1))], stats, x), kept
+        change = transforms(stats, _padded(masks))[0][jnp.asarray(owner.reshape(-1))]
+        columns = kept_columns(stats, jnp.asarray(kept, jnp.float32))
+        dropping = jnp.asarray((kept != read).any(1))
+        return apply_transform(spec, params, change, columns, dropping, stats, x), kept
 
     jax.block_until_ready(run())  # compile
     started = time.perf_counter()
