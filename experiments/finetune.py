@@ -25,6 +25,7 @@ with 95% confidence together. Table: ``metrics.csv`` (one row per seed and delta
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +83,20 @@ def shifted(x: jax.Array, shift: str, key: jax.Array) -> jax.Array:
     if shift == "contrast":
         return 0.35 * x + 0.65 * x.mean(axis=(1, 2, 3), keepdims=True)
     raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
+
+
+def chain_starts(total: int, links: int) -> list[int]:
+    """The steps, of ``total``, at which a chain of ``links`` boxes places each box: evenly spaced
+    from step 0 (fewer when ``links > total``)."""
+    return sorted({k * total // links for k in range(links)})
+
+
+def epoch_parts(epoch: int, steps: int, starts: Sequence[int]) -> list[tuple[int, int]]:
+    """The step ranges [a, b) of epoch ``epoch`` (``steps`` steps each), split where a box of the chain
+    starts (``starts``, from :func:`chain_starts`)."""
+    first, last = epoch * steps, (epoch + 1) * steps
+    bounds = sorted({first, *(c for c in starts if first <= c < last), last})
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _accuracy(spec, params, x, y) -> float:
@@ -150,9 +165,8 @@ def one_seed(config: Config, seed: int) -> list[dict]:
         steps, links = config.steps_per_epoch, 0
         params, curve = head, []
         for epoch in range(config.epochs):
-            bounds = sorted({epoch * steps, *(c for c in starts if epoch * steps <= c < (epoch + 1) * steps),
-                             (epoch + 1) * steps})
-            for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            parts = epoch_parts(epoch, steps, starts)
+            for part, (a, b) in enumerate(parts):
                 if a in starts and links == starts.index(a):
                     box = link(params)
                     if box is None and domain is None:
@@ -160,7 +174,7 @@ def one_seed(config: Config, seed: int) -> list[dict]:
                     if box is not None:
                         domain, links = box, links + 1
                 part_key = jax.random.fold_in(key, 10 + epoch)
-                part_key = part_key if len(bounds) == 2 else jax.random.fold_in(part_key, part)
+                part_key = part_key if len(parts) == 1 else jax.random.fold_in(part_key, part)
                 params = safe.projected_steps_jit(head_spec, params, domain, fb, ya, b - a, 1e-3, 64, part_key)
             curve.append((_accuracy(head_spec, params, fb_test, ya_test),
                           _accuracy(head_spec, params, fa_test, ya_test),
@@ -183,7 +197,7 @@ def one_seed(config: Config, seed: int) -> list[dict]:
                 checks.append(check)
             return box
 
-        curve = fine_tune(None, sorted({k * total // config.recentre for k in range(config.recentre)}), link)
+        curve = fine_tune(None, chain_starts(total, config.recentre), link)
         return curve, checks
 
     free = fine_tune(None)

@@ -1,5 +1,6 @@
 """A link of the certified fine-tuning chain: solved on the certification rows alone, checked on the
-held-out rows at the Bonferroni-corrected confidence."""
+held-out rows at the Bonferroni-corrected confidence; the chain's schedule places every box at the
+start of a part of the fine-tuning, evenly spaced, and the parts cover every step once."""
 
 import dataclasses
 
@@ -42,3 +43,20 @@ def test_a_link_is_shaped_by_certification_rows_only_and_checked_on_heldout_rows
     assert again is None
     with pytest.raises(ValueError, match=r"recentre must lie in \[1, epochs x steps_per_epoch = 20\], got 21"):
         finetune.Config(epochs=2, steps_per_epoch=10, recentre=21)
+
+
+@pytest.mark.parametrize("epochs, steps, links", [(40, 25, 40), (40, 25, 30), (3, 10, 7), (2, 5, 1), (1, 4, 9)])
+def test_the_chains_schedule_covers_every_step_once_with_evenly_spaced_boxes(epochs, steps, links):
+    total = epochs * steps
+    starts = finetune.chain_starts(total, links)
+    assert starts[0] == 0 and len(starts) == min(links, total) and starts == sorted(set(starts))
+    gaps = np.diff(starts + [total])
+    assert gaps.min() >= 1 and gaps.max() - gaps.min() <= 1  # evenly spaced, to a step
+    parts = [finetune.epoch_parts(epoch, steps, starts) for epoch in range(epochs)]
+    flat = [part for epoch in parts for part in epoch]
+    assert flat[0][0] == 0 and flat[-1][1] == total
+    assert all(b == c for (_, b), (c, _) in zip(flat[:-1], flat[1:])) and all(a < b for a, b in flat)  # contiguous
+    for epoch, ranges in enumerate(parts):  # no part crosses an epoch's end
+        assert ranges[0][0] == epoch * steps and ranges[-1][1] == (epoch + 1) * steps
+    assert set(starts) <= {a for a, _ in flat}  # every box starts a part
+    assert {a for a, _ in flat} == set(starts) | {e * steps for e in range(epochs)}  # and parts split nowhere else
