@@ -43,6 +43,7 @@ class Config:
                                        "(keep 'best': the dedicated editor's last chunk diverged once)", flag=False)
     target: float | None = option(None, "requirement target (default: the requirement's own)")
     lambdas: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 1.0), "trade-off weights the editors are evaluated at")
+    reuse_editor: bool = option(False, "load each finished editor from <out>/editors" + compliance.REUSE_EDITOR_HELP)
     out: str = option("results/architectures", "output folder")
 
 
@@ -67,14 +68,19 @@ def run(config: Config) -> dict[str, list[dict]]:
     held_out = jax.tree.map(np.asarray, unseen.subset("test"))
     rows = []
     for name, zoos in (("mixed editor", mixed), ("dedicated editor", [unseen])):
+        workdir = out / "editors" / name.split()[0]
+        finished = compliance.finished_editor(workdir)
         started = time.perf_counter()
-        trained = editor.train_editor([z.spec for z in zoos], [z.subset("train") for z in zoos], dataset,
-                                      config.editor, workdir=out / "editors" / name.split()[0], progress=False,
-                                      validation=[z.subset("val") for z in zoos])
-        seconds = time.perf_counter() - started
+        if finished and config.reuse_editor:
+            trained = editor.load_editor(workdir)[0]
+        else:
+            trained = editor.train_editor([z.spec for z in zoos], [z.subset("train") for z in zoos], dataset,
+                                          config.editor, workdir=workdir, progress=False,
+                                          validation=[z.subset("val") for z in zoos])
+        seconds = float("nan") if finished else time.perf_counter() - started  # a finished editor is only loaded
         for row in compare.evaluate_editor(trained, unseen.spec, requirement, held_out, dataset, config.lambdas,
                                            target):
-            rows.append({**row, "method": name, "editor_train_seconds": seconds,
+            rows.append({**row, "method": name.replace("editor", row["method"]), "editor_train_seconds": seconds,
                          "train_archs": " ".join(nets.describe(z.spec) for z in zoos),
                          "train_networks": sum(len(z.split["train"]) for z in zoos),
                          "networks": nets.population_size(held_out)})

@@ -23,6 +23,8 @@ from metaedit.options import option
 from metaedit.zoo import ZooConfig
 
 TABLES = ("metrics.csv",)
+REUSE_EDITOR_HELP = (" as it is, even if editor settings added since have other defaults (its training time is then "
+                     "unknown)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +43,7 @@ class Config:
     strengths: tuple[tuple[str, tuple[float, ...]], ...] = option((), "strengths per baseline (default: each "
                                                                       "baseline's own)", flag=False)
     out: str = option("results/compliance", "output folder")
-    reuse_editor: bool = option(False, "load a finished editor from <out>/editor as it is, even if editor settings "
-                                       "added since have other defaults (its training time is then unknown)")
+    reuse_editor: bool = option(False, "load a finished editor from <out>/editor" + REUSE_EDITOR_HELP)
 
 
 class Trained(NamedTuple):
@@ -78,7 +79,7 @@ def trained(config: Config, reuse_finished: bool = False) -> Trained:
                 return Trained(dataset, spec, networks, found, requirement, target, steps, float("nan"))
         except (checkpoint.CheckpointError, editor.EditorTrainingError):
             pass  # nothing finished there: train
-    finished = _finished(out / "editor")
+    finished = finished_editor(out / "editor")
     started = time.perf_counter()
     trained_editor = editor.train_editor(spec, networks.subset("train"), dataset, editor_config, workdir=out / "editor",
                                          progress=False, validation=networks.subset("val"))
@@ -86,7 +87,7 @@ def trained(config: Config, reuse_finished: bool = False) -> Trained:
     return Trained(dataset, spec, networks, trained_editor, requirement, target, steps, seconds)
 
 
-def _finished(workdir: Path) -> bool:
+def finished_editor(workdir: Path) -> bool:
     """Whether ``workdir`` holds a finished editor run (loading it is not training it)."""
     try:
         return bool(checkpoint.read_record(workdir)[1].get("complete"))

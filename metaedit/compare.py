@@ -8,7 +8,10 @@ edit may meet a gap requirement trivially, so it is always reported) and ``secon
 (warm wall time per network, compilation excluded on both sides). Editor rows add ``lambda`` and
 ``jsd`` (mean divergence from the original network on the test split). For the fairness gaps, the
 calibrated group-shift edit (:mod:`metaedit.groupshift`, method ``group_shift``) is a row of its own, and
-for data minimisation the imputation edit (:mod:`metaedit.imputation`, method ``imputation``).
+for data minimisation the imputation edit (:mod:`metaedit.imputation`, method ``imputation``). For a
+requirement met by removing weights (pruning, minimisation), each editor row is followed by the same
+edit refit layer-wise to the original network on its own zeros (:mod:`metaedit.refit`, method
+``editor+refit``; its time includes the edit's).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from metaedit import calibrate, gmn, groupshift, imputation, nets, requirements
+from metaedit import calibrate, gmn, groupshift, imputation, nets, refit, requirements
 from metaedit.baselines import Baseline, BaselineResult, predict
 from metaedit.datasets import Dataset
 from metaedit.editor import check_lambda, condition
@@ -54,7 +57,8 @@ def test_accuracy(spec: nets.Spec, params: nets.Params, dataset: Dataset) -> np.
 
 def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requirement, params: nets.Params,
                     dataset: Dataset, lambdas: Sequence[float], target: float, progress: bool = False,
-                    calibrated: bool = True, group_shift: bool = True, imputed: bool = True) -> list[dict]:
+                    calibrated: bool = True, group_shift: bool = True, imputed: bool = True,
+                    refitted: bool = True) -> list[dict]:
     """Hard edits of stacked held-out ``params`` at each lambda, measured on the test split (one row
     per lambda, method ``editor``; a progress bar over the lambdas with ``progress``), and with
     ``calibrated`` one more row, ``lambda`` "auto": each network's least invasive edit that complies
@@ -63,7 +67,8 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
     rows) and ``agreement`` (networks whose test-split compliance agrees with the validation rows).
     With ``group_shift``, where :func:`group_shift_reason` allows it, the row of
     :func:`evaluate_group_shift` follows; with ``imputed``, for data minimisation on an MLP, the row
-    of :func:`evaluate_imputation`."""
+    of :func:`evaluate_imputation`; with ``refitted``, where :func:`refit_reason` allows it, every
+    editor row is followed by an ``editor+refit`` row."""
     for lam in lambdas:
         check_lambda(lam)
     target = requirement.check_target(target)
@@ -85,6 +90,13 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
         rows.append({"method": "editor", "setting": f"lambda={float(lam)}", "lambda": float(lam),
                      **summarise(requirement, spec, result, dataset, target, accuracy_before),
                      "jsd": float(jax.vmap(requirements.jsd)(before, after).mean())})
+        if refitted and refit_reason(spec, requirement) is None:
+            rebuilt, refit_seconds = refit.refit_edits(spec, params, edited, dataset)
+            after = _logits(spec, rebuilt, x)
+            result = BaselineResult(rebuilt, np.asarray(after.argmax(-1)), seconds + refit_seconds)
+            rows.append({"method": "editor+refit", "setting": f"lambda={float(lam)}", "lambda": float(lam),
+                         **summarise(requirement, spec, result, dataset, target, accuracy_before),
+                         "jsd": float(jax.vmap(requirements.jsd)(before, after).mean())})
     validation = calibrate.validation_rows(dataset)
     if calibrated:
         chosen = calibrate.calibrate(editor, spec, requirement, params, target, validation)
@@ -137,6 +149,13 @@ def evaluate_group_shift(spec: nets.Spec, requirement: Requirement, params: nets
     compliance agrees with the validation rows)."""
     return _group_shift_row(spec, requirement, params, dataset, target, _logits(spec, params, jnp.asarray(dataset.x_test)),
                             test_accuracy(spec, params, dataset), calibrate.validation_rows(dataset))
+
+
+def refit_reason(spec: nets.Spec, requirement: Requirement) -> str | None:
+    """None where an edit for ``requirement`` can be refit layer-wise (:mod:`metaedit.refit`), else why not."""
+    if not requirement.removes:
+        return f"{requirement.name} is not met by removing weights: a refit to the original would undo the edit"
+    return refit.reason(spec)
 
 
 def imputation_reason(spec: nets.Spec, requirement: Requirement) -> str | None:

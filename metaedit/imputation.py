@@ -22,8 +22,8 @@ told the network that the kept columns could have told it too. This edit keeps t
   ``W H W^T`` (one per network). Memory: distinct kept sets x groups x d^2 floats per step.
 * **Refit.** Every later layer is refit by least squares (a small ridge) to the original network's
   pre-activations on the same rows, given the edited network's activations (layer-wise
-  reconstruction). The first layer's removed rows stay exactly 0. A network that already reads at
-  most k groups is returned unchanged.
+  reconstruction, :mod:`metaedit.refit`). The first layer's removed rows stay exactly 0. A network
+  that already reads at most k groups is returned unchanged.
 
 It is not the metanetwork (:mod:`metaedit.gmn`): it reads data, and serves data minimisation only.
 Hand-written (no library folds imputation into weights); in JAX and batched over a population.
@@ -39,13 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaedit import nets
+from metaedit import nets, refit
 from metaedit.datasets import Dataset
 from metaedit.requirements import Minimisation, Requirement
 
-ROWS = 2048  # training rows for the curvature and the refit
 RIDGE = 1e-3  # of the mean column variance, on the kept columns' covariance
-REFIT_RIDGE = 1e-4  # of the mean squared activation, on each refit layer's normal equations
 
 
 class ImputationError(ValueError):
@@ -162,29 +160,9 @@ def apply_transform(spec: nets.MLPSpec, params: nets.Params, change: jax.Array, 
         kernel = p[names[0]]["kernel"]
         imputed = jnp.where(k[:, None] > 0, kernel + t @ kernel, 0.0)
         out[names[0]] = {"kernel": imputed, "bias": p[names[0]]["bias"] - stats.mean @ (imputed - kernel)}
-        return jax.tree.map(lambda new, old: jnp.where(drop, new, old), refit(spec, p, out, x), p)
+        return jax.tree.map(lambda new, old: jnp.where(drop, new, old), refit.refit(spec, p, out, x), p)
 
     return jax.lax.map(lambda args: one(*args), (params, change, kept, dropping))
-
-
-def refit(spec: nets.MLPSpec, original: nets.Params, edited: nets.Params, x: jax.Array) -> nets.Params:
-    """``edited`` (one network) with every layer after the first refit by ridge least squares to
-    ``original``'s pre-activations on ``x`` [n, d], given ``edited``'s own activations."""
-    names = [layer.name for layer in nets.layers(spec)]
-    out = {name: dict(edited[name]) for name in names}
-    h_original = h_edited = x.reshape(x.shape[0], -1)
-    for i, name in enumerate(names):
-        z_original = h_original @ original[name]["kernel"] + original[name]["bias"]
-        if i:
-            design = jnp.concatenate([h_edited, jnp.ones((h_edited.shape[0], 1), h_edited.dtype)], 1)
-            gram = design.T @ design / design.shape[0]
-            ridge = REFIT_RIDGE * jnp.trace(gram) / gram.shape[0]
-            solution = jnp.linalg.solve(gram + ridge * jnp.eye(gram.shape[0]), design.T @ z_original / design.shape[0])
-            out[name] = {"kernel": solution[:-1], "bias": solution[-1]}
-        z_edited = h_edited @ out[name]["kernel"] + out[name]["bias"]
-        if i < len(names) - 1:
-            h_original, h_edited = jax.nn.relu(z_original), jax.nn.relu(z_edited)
-    return out
 
 
 def _bucket(n: int) -> int:
@@ -224,7 +202,7 @@ def choose_groups(stats: Statistics, curvature: jax.Array, read: np.ndarray, kee
 
 
 def edit(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset: Dataset, target: float,
-         rows: int = ROWS, seed: int = 0) -> Imputed:
+         rows: int = refit.ROWS, seed: int = 0) -> Imputed:
     """Every network of ``params`` [P, ...] edited to read at most ``target`` feature groups
     (module docstring), from ``rows`` training rows (seeded by ``seed``) and the training split's
     statistics. Timed warm (one call compiles first)."""
@@ -232,9 +210,7 @@ def edit(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset
     target = requirement.check_target(target)
     if rows < 2:
         raise ImputationError(f"rows must be >= 2, got {rows}")
-    chosen = np.random.default_rng(seed).choice(len(dataset.x_train), size=min(rows, len(dataset.x_train)),
-                                                replace=False)
-    x = jnp.asarray(np.asarray(dataset.x_train[chosen], np.float32).reshape(len(chosen), -1))
+    x = refit.training_rows(dataset, rows, seed)
     params = jax.tree.map(jnp.asarray, params)
     keep = int(np.floor(target))
 

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from experiments.benchmarks.common import emit, machine
-from metaedit import calibrate, compare, datasets, editor, gmn, groupshift, imputation, nets, requirements, zoo
+from metaedit import calibrate, compare, datasets, editor, gmn, groupshift, imputation, nets, refit, requirements, zoo
 
 
 def _timed(run) -> tuple[float, float]:
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
             started = time.perf_counter()
             imputed = imputation.edit(spec, requirement, params, data, requirement.default_target())
             emit("edit_cost", "imputation", 1e3 * imputed.seconds_per_edit, "ms/network", requirement=name,
-                 rows=imputation.ROWS, first_call_seconds=time.perf_counter() - started - imputed.seconds_per_edit * count,
+                 rows=refit.ROWS, first_call_seconds=time.perf_counter() - started - imputed.seconds_per_edit * count,
                  **where)
         for baseline_name, baseline in requirement.baselines().items():
             strength = requirement.default_target() if baseline.default_strength is None else baseline.default_strength

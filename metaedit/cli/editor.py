@@ -61,7 +61,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     target = requirement.default_target() if args.target is None else args.target
     rows = compare.evaluate_editor(trained_editor, spec, requirement, trained.subset("test"), dataset, args.lambdas,
                                    target, calibrated=args.auto, group_shift=args.group_shift,
-                                   imputed=args.imputation)
+                                   imputed=args.imputation, refitted=args.refit)
     if args.group_shift and isinstance(requirement, Gap) and not any(r["method"] == "group_shift" for r in rows):
         print(f"no group-shift row: {compare.group_shift_reason(spec, requirement, dataset)}", file=sys.stderr)
     for row in rows:
@@ -226,6 +226,10 @@ def register(commands) -> None:
                         help="for data minimisation on an MLP: add the row of the imputation edit (method "
                              "imputation; dropped groups replaced by their linear prediction from the kept ones, "
                              "folded into the weights, not the metanetwork's edit) (default: on)")
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                        help="for pruning and data minimisation on an MLP: after each lambda's row, the same edits "
+                             "refit layer-wise to the original networks on their own zeros (method editor+refit; "
+                             "least squares on training rows) (default: on)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row (default: one line each)")
     parser.set_defaults(run=_evaluate_command)
 

@@ -61,8 +61,8 @@ def _imputation_on(csv_zoo, tmp_path, capsys):
     assert main(["evaluate", "--editor", str(editor_dir), "--zoo", str(csv_zoo), "--lambdas", "0", "--no-auto",
                  "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["method"], r["lambda"]) for r in rows] == [("editor", 0.0), ("imputation", "auto")]
-    assert rows[1]["compliance_rate"] == 1.0 and rows[1]["found_rate"] == 1.0 and rows[1]["value"] <= 2
+    assert [(r["method"], r["lambda"]) for r in rows] == [("editor", 0.0), ("editor+refit", 0.0), ("imputation", "auto")]
+    assert rows[2]["compliance_rate"] == 1.0 and rows[2]["found_rate"] == 1.0 and rows[2]["value"] <= 2
     member = tmp_path / "min-member.npz"
     main(["export", "--zoo", str(csv_zoo), "--member", "0", "--out", str(member)])
     edit = ["edit", "--editor", str(editor_dir), "--params", str(member), "--out", str(tmp_path / "imputed.npz")]
@@ -209,7 +209,9 @@ def test_train_editor_evaluate_and_edit(small_zoo, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--editor", str(out), "--zoo", str(small_zoo), "--lambdas", "0,1", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["lambda"] for r in rows] == [0.0, 1.0, "auto"]  # the grid, then the calibrated row
+    assert [(r["method"], r["lambda"]) for r in rows] == [("editor", 0.0), ("editor+refit", 0.0), ("editor", 1.0),
+                                                          ("editor+refit", 1.0), ("editor", "auto")]
+    assert rows[3]["value"] >= rows[2]["value"]  # the refit keeps every zero of the edit
     assert 0 <= rows[-1]["found_rate"] <= 1
     for row in rows:
         assert set(row) >= {"lambda", "compliance_rate", "accuracy_change", "jsd", "seconds_per_edit"}
