@@ -72,14 +72,19 @@ def run(config: Config) -> dict[str, list[dict]]:
         finished = compliance.finished_editor(workdir)
         started = time.perf_counter()
         if finished and config.reuse_editor:
-            trained = editor.load_editor(workdir)[0]
+            trained, record = editor.load_editor(workdir)
+            if (record["config"]["requirement"], record["config"]["steps"]) != (config.editor.requirement,
+                                                                                config.editor.steps):
+                raise ValueError(f"--reuse-editor: {workdir} holds a {record['config']['requirement']} editor of "
+                                 f"{record['config']['steps']} steps; the config asks for {config.editor.requirement}, "
+                                 f"{config.editor.steps} steps")
         else:
             trained = editor.train_editor([z.spec for z in zoos], [z.subset("train") for z in zoos], dataset,
                                           config.editor, workdir=workdir, progress=False,
                                           validation=[z.subset("val") for z in zoos])
         seconds = float("nan") if finished else time.perf_counter() - started  # a finished editor is only loaded
         for row in compare.evaluate_editor(trained, unseen.spec, requirement, held_out, dataset, config.lambdas,
-                                           target):
+                                           target, group_shift=False, imputed=False):  # editor rows only
             rows.append({**row, "method": name.replace("editor", row["method"]), "editor_train_seconds": seconds,
                          "train_archs": " ".join(nets.describe(z.spec) for z in zoos),
                          "train_networks": sum(len(z.split["train"]) for z in zoos),

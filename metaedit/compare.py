@@ -29,7 +29,7 @@ from metaedit import calibrate, gmn, groupshift, imputation, nets, refit, requir
 from metaedit.baselines import Baseline, BaselineResult, predict
 from metaedit.datasets import Dataset
 from metaedit.editor import check_lambda, condition
-from metaedit.requirements import Requirement
+from metaedit.requirements import Minimisation, Requirement
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -91,7 +91,7 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
                      **summarise(requirement, spec, result, dataset, target, accuracy_before),
                      "jsd": float(jax.vmap(requirements.jsd)(before, after).mean())})
         if refitted and refit_reason(spec, requirement) is None:
-            rebuilt, refit_seconds = refit.refit_edits(spec, params, edited, dataset)
+            rebuilt, refit_seconds = refit.refit_edits(spec, params, edited, dataset, refit_masked_layers(requirement))
             after = _logits(spec, rebuilt, x)
             result = BaselineResult(rebuilt, np.asarray(after.argmax(-1)), seconds + refit_seconds)
             rows.append({"method": "editor+refit", "setting": f"lambda={float(lam)}", "lambda": float(lam),
@@ -156,6 +156,12 @@ def refit_reason(spec: nets.Spec, requirement: Requirement) -> str | None:
     if not requirement.removes:
         return f"{requirement.name} is not met by removing weights: a refit to the original would undo the edit"
     return refit.reason(spec)
+
+
+def refit_masked_layers(requirement: Requirement) -> int | None:
+    """How many leading layers a refit must keep the zeros of, for ``requirement`` (None: all):
+    data minimisation counts only the first layer's input rows."""
+    return 1 if isinstance(requirement, Minimisation) else None
 
 
 def imputation_reason(spec: nets.Spec, requirement: Requirement) -> str | None:

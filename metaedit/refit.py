@@ -5,7 +5,9 @@ Layer by layer, from the input, each layer of the edited network is refit by rid
 that its pre-activations, computed from the *edited* network's activations, match the *original*
 network's pre-activations on training rows. With ``masked``, each output neuron is refit on the
 weights the edit kept (its non-zeros) only, so every zero stays exactly 0 and the requirement's value
-can only improve (a refit weight may come out 0 too, e.g. from a dead neuron). Biases are always free.
+can only improve (a refit weight may come out 0 too: a neuron dead on every row gets zero outgoing
+weights). Biases are always free. Which layers keep their zeros is the requirement's business:
+pruning counts every layer's, data minimisation only the first layer's input rows.
 
 It reads data (training rows) and the original network, not the metanetwork: applied after the
 editor's edit it is a data-aware second step (the ``editor+refit`` rows of :mod:`metaedit.compare`).
@@ -57,10 +59,11 @@ def _solve(gram: jax.Array, rhs: jax.Array, mask: jax.Array | None) -> jax.Array
 
 
 def refit(spec: nets.MLPSpec, original: nets.Params, edited: nets.Params, x: jax.Array, start: int = 1,
-          masked: bool = False) -> nets.Params:
+          masked: bool = False, masked_layers: int | None = None) -> nets.Params:
     """``edited`` (one network) with every layer from ``start`` on refit by ridge least squares to
     ``original``'s pre-activations on ``x`` [n, d], given ``edited``'s own activations; with
-    ``masked``, on each layer's non-zeros only (module docstring)."""
+    ``masked``, on each layer's non-zeros only (module docstring): the first ``masked_layers``
+    layers (None: all), the others on every weight."""
     names = [layer.name for layer in nets.layers(spec)]
     out = {name: dict(edited[name]) for name in names}
     h_original = h_edited = x.reshape(x.shape[0], -1)
@@ -68,7 +71,8 @@ def refit(spec: nets.MLPSpec, original: nets.Params, edited: nets.Params, x: jax
         z_original = h_original @ original[name]["kernel"] + original[name]["bias"]
         if i >= start:
             design = jnp.concatenate([h_edited, jnp.ones((h_edited.shape[0], 1), h_edited.dtype)], 1)
-            mask = (edited[name]["kernel"] != 0).astype(design.dtype) if masked else None
+            keep_zeros = masked and (masked_layers is None or i < masked_layers)
+            mask = (edited[name]["kernel"] != 0).astype(design.dtype) if keep_zeros else None
             solution = _solve(design.T @ design / design.shape[0], design.T @ z_original / design.shape[0], mask)
             kernel = solution[:-1] if mask is None else jnp.where(mask > 0, solution[:-1], 0.0)
             out[name] = {"kernel": kernel, "bias": solution[-1]}
@@ -78,21 +82,24 @@ def refit(spec: nets.MLPSpec, original: nets.Params, edited: nets.Params, x: jax
     return out
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _refit_all(spec: nets.MLPSpec, original: nets.Params, edited: nets.Params, x: jax.Array) -> nets.Params:
-    return jax.lax.map(lambda pair: refit(spec, *pair, x, start=0, masked=True), (original, edited))
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _refit_all(spec: nets.MLPSpec, original: nets.Params, edited: nets.Params, x: jax.Array,
+               masked_layers: int | None) -> nets.Params:
+    return jax.lax.map(lambda pair: refit(spec, *pair, x, start=0, masked=True, masked_layers=masked_layers),
+                       (original, edited))
 
 
-def refit_edits(spec: nets.Spec, original: nets.Params, edited: nets.Params, dataset: Dataset
-                ) -> tuple[nets.Params, float]:
-    """Every edited network of ``edited`` [P, ...] refit, all layers, on its own zero pattern, to its
-    original in ``original`` [P, ...] on :data:`ROWS` training rows: (the refit networks, warm seconds
-    per network; one call compiles first)."""
+def refit_edits(spec: nets.Spec, original: nets.Params, edited: nets.Params, dataset: Dataset,
+                masked_layers: int | None = None) -> tuple[nets.Params, float]:
+    """Every edited network of ``edited`` [P, ...] refit, all layers, to its original in ``original``
+    [P, ...] on :data:`ROWS` training rows, the first ``masked_layers`` layers (None: all) on their own
+    zero pattern: (the refit networks, warm seconds per network; one call compiles first)."""
     why = reason(spec)
     if why:
         raise ValueError(why)
     x = training_rows(dataset)
-    run = functools.partial(_refit_all, spec, jax.tree.map(jnp.asarray, original), jax.tree.map(jnp.asarray, edited), x)
+    run = functools.partial(_refit_all, spec, jax.tree.map(jnp.asarray, original), jax.tree.map(jnp.asarray, edited), x,
+                            masked_layers)
     jax.block_until_ready(run())  # compile
     started = time.perf_counter()
     result = jax.block_until_ready(run())

@@ -14,7 +14,7 @@ from certify import guarantee
 from certify.bounds import BOUNDS
 from certify.certificates import CertificateError
 from certify.solver import LIDConfig, LIDError
-from metaedit import calibrate, certified, compare, datasets, editor, gmn, groupshift, imputation, nets, zoo
+from metaedit import calibrate, certified, compare, datasets, editor, gmn, groupshift, imputation, nets, refit, zoo
 from metaedit.baselines import split_batch
 from metaedit.cli import flags
 from metaedit.gmn import EditorError
@@ -64,6 +64,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
                                    imputed=args.imputation, refitted=args.refit)
     if args.group_shift and isinstance(requirement, Gap) and not any(r["method"] == "group_shift" for r in rows):
         print(f"no group-shift row: {compare.group_shift_reason(spec, requirement, dataset)}", file=sys.stderr)
+    if args.refit and requirement.removes and compare.refit_reason(spec, requirement):
+        print(f"no editor+refit rows: {compare.refit_reason(spec, requirement)}", file=sys.stderr)
     for row in rows:
         if args.json:
             print(json.dumps(row))
@@ -84,6 +86,8 @@ def _edit_command(args: argparse.Namespace) -> int:
     elif args.lambda_ is None:
         raise EditorError("--lambda is required (a trade-off weight in [0, 1] or 'auto'), unless --group-shift or "
                           "--imputation")
+    if args.refit and (args.group_shift or args.imputation or args.certify):
+        raise EditorError("--refit follows the editor's plain edit: leave out --group-shift, --imputation and --certify")
     if args.certify:
         if args.tau is None:
             raise CertificateError("--certify needs --tau, the held-out lower bound to keep on accuracy")
@@ -112,14 +116,20 @@ def _edit_command(args: argparse.Namespace) -> int:
         return _group_shift_edit(args, spec, requirement, params, dataset, target)
     if args.imputation:
         return _imputation_edit(args, spec, requirement, params, dataset, target)
+    if args.refit and compare.refit_reason(spec, requirement):
+        raise EditorError(f"--refit: {compare.refit_reason(spec, requirement)}")
     edited, lam, found = certified.edit_network(trained_editor, spec, requirement, params, args.lambda_, target,
                                                 dataset)
+    if args.refit:
+        stacked = [jax.tree.map(lambda a: np.asarray(a)[None], tree) for tree in (params, edited)]
+        edited = jax.tree.map(lambda a: a[0], refit.refit_edits(spec, *stacked, dataset,
+                                                                compare.refit_masked_layers(requirement))[0])
     if found is not None:
         print(f"lambda auto: {lam}; " + ("it complies with target " if found else "NO lambda complies on the "
                                          "validation rows; this is the most compliant edit, target ") + str(target),
               file=sys.stderr)
     _save_params(args.out, spec, edited)
-    summary = {"lambda": lam, "requirement": requirement.name, "target": target,
+    summary = {"lambda": lam, "refit": bool(args.refit), "requirement": requirement.name, "target": target,
                **certified.outcome(spec, requirement, target, edited, params, split_batch(dataset, "test")),
                "out": args.out}
     _print_edit(summary, args.json)
@@ -250,6 +260,10 @@ def register(commands) -> None:
                              "edit (the groups to drop chosen per network; their best linear prediction from the "
                              "kept groups folded into the first layer, later layers refit on training rows; the "
                              "editor gives the data set and the requirement) (default: off)")
+    parser.add_argument("--refit", action="store_true",
+                        help="for pruning and data minimisation on an MLP: refit the editor's edit layer-wise to the "
+                             "original network on its own zeros (least squares on training rows; every zero stays) "
+                             "(default: off)")
     parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own)")
     parser.add_argument("--out", required=True, help="the edited params file to write (.npz)")
     parser.add_argument("--certify", action="store_true",
