@@ -44,8 +44,19 @@ class Calibrated(NamedTuple):
 
 
 def validation_rows(dataset: Dataset, size: int = 8192, seed: int = 1) -> Batch:
-    """``size`` training rows, stratified over the (group, label) cells, as a device :class:`Batch`."""
-    return stratified_batch(dataset, size, seed)
+    """``size`` training rows, stratified over the (group, label) cells, as a device :class:`Batch`
+    whose ``weight`` gives each row its cell's share of the training split over its share of the rows
+    (so that a measure that mixes labels, as demographic parity does, sees the population's mix)."""
+    rows = stratified_batch(dataset, size, seed)
+    if dataset.s_train is None:
+        return rows
+    y, s = np.asarray(dataset.y_train, np.int64), np.asarray(dataset.s_train, np.int64)
+    labels = int(y.max()) + 1
+    population = np.bincount(s * labels + y, minlength=(int(s.max()) + 1) * labels) / len(y)
+    cells = np.asarray(rows.s, np.int64) * labels + np.asarray(rows.y, np.int64)
+    sampled = np.bincount(cells, minlength=len(population)) / len(cells)
+    weight = population[cells] / sampled[cells]
+    return rows._replace(weight=jnp.asarray(weight / weight.mean(), jnp.float32))
 
 
 def _shares(spec: nets.Spec, params: nets.Params, x: jax.Array) -> jax.Array:

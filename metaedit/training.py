@@ -27,12 +27,15 @@ MASKED_LOGIT = -1e9  # what masked-out logits are set to (finite, so gradients s
 
 class Batch(NamedTuple):
     """One batch of examples: x [B, *input_shape], y [B] int labels; optionally s [B] (the sensitive
-    attribute) and mask [B, C] (the logits that take part, for multi-head continual learning)."""
+    attribute), mask [B, C] (the logits that take part, for multi-head continual learning) and
+    weight [B] (each row's weight in a measurement that reads it, e.g. the population's share of its
+    cell in rows stratified over cells)."""
 
     x: Any
     y: Any
     s: Any = None
     mask: Any = None
+    weight: Any = None
 
 
 class TrainState(NamedTuple):

@@ -155,6 +155,14 @@ class DemographicParity(Gap):
     constraint = "demographic_parity"
     gap = staticmethod(lambda y, score, s, num_groups: demographic_parity_gap(score, s, num_groups))
 
+    def exact(self, spec, params, batch: Batch) -> jax.Array:
+        """The hard gap; with ``batch.weight``, each row counts by its weight (on rows stratified over
+        the (group, label) cells, the population's label mix within each group)."""
+        if batch.weight is None:
+            return super().exact(spec, params, batch)
+        hard = (nets.apply(spec, params, batch.x).argmax(-1) == 1).astype(jnp.float32)
+        return _spread(hard, jnp.asarray(batch.weight, hard.dtype), batch.s, self.num_groups)
+
 
 def penalty_finetune(spec, params, dataset, weight: float = 5.0, target: float = 0.05, steps: int = 200,
                      margin: float = 0.02, start: nets.Params | None = None, penalty_rows: int = 8192,

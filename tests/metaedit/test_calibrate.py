@@ -51,3 +51,27 @@ def test_constant_predictors_are_flagged():
     result = baselines.BaselineResult(None, np.array([[1, 1, 1, 1], [0, 1, 1, 0]]), 0.1)
     row = compare.summarise(requirements.FAIRNESS, SPEC, result, Data(), 0.05, np.array([0.5, 0.5]))
     assert row["constant_fraction"] == 0.5 and row["value"] == 0.0  # the constant one has no gap at all
+
+
+def test_demographic_parity_on_the_validation_rows_is_the_populations(adult):
+    """The validation rows are stratified over (group, label) cells; their weights give each group the
+    population's label mix, so demographic parity there is fairlearn's with those weights and close
+    to its value on the whole training split (unweighted, the stratified rows' equal label mix biases it)."""
+    from fairlearn.metrics import demographic_parity_difference
+
+    spec = nets.MLPSpec(adult.input_shape, (8,), 2)
+    params = nets.init(spec, jax.random.key(3), scale=1.5)
+    rows = calibrate.validation_rows(adult, size=4096)
+    requirement = requirements.DEMOGRAPHIC_PARITY
+    weighted = float(requirement.exact(spec, params, rows))
+    predictions = np.asarray(nets.apply(spec, params, rows.x).argmax(-1))
+    oracle = demographic_parity_difference(np.asarray(rows.y), predictions, sensitive_features=np.asarray(rows.s),
+                                           sample_weight=np.asarray(rows.weight, np.float64))
+    assert abs(weighted - oracle) < 1e-5, (weighted, oracle)
+    everything = np.asarray(nets.apply(spec, params, jnp.asarray(adult.x_train)).argmax(-1))
+    population = demographic_parity_difference(adult.y_train, everything, sensitive_features=adult.s_train)
+    unweighted = float(requirement.exact(spec, params, rows._replace(weight=None)))
+    assert abs(weighted - population) < 0.02 and abs(weighted - population) < abs(unweighted - population), (
+        weighted, unweighted, population)
+    equalised = requirements.FAIRNESS  # conditioned on the label: the weights change nothing
+    assert float(equalised.exact(spec, params, rows)) == float(equalised.exact(spec, params, rows._replace(weight=None)))
