@@ -71,14 +71,9 @@ def run(config: Config) -> dict[str, list[dict]]:
         workdir = out / "editors" / name.split()[0]
         finished = compliance.finished_editor(workdir)
         started = time.perf_counter()
-        if finished and config.reuse_editor:
-            trained, record = editor.load_editor(workdir)
-            if (record["config"]["requirement"], record["config"]["steps"]) != (config.editor.requirement,
-                                                                                config.editor.steps):
-                raise ValueError(f"--reuse-editor: {workdir} holds a {record['config']['requirement']} editor of "
-                                 f"{record['config']['steps']} steps; the config asks for {config.editor.requirement}, "
-                                 f"{config.editor.steps} steps")
-        else:
+        trained = (compliance.reusable_editor(workdir, config.editor.requirement, config.editor.steps)
+                   if config.reuse_editor else None)
+        if trained is None:  # another run's checkpoint there makes train_editor say how it differs
             trained = editor.train_editor([z.spec for z in zoos], [z.subset("train") for z in zoos], dataset,
                                           config.editor, workdir=workdir, progress=False,
                                           validation=[z.subset("val") for z in zoos])

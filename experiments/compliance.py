@@ -72,19 +72,25 @@ def trained(config: Config, reuse_finished: bool = False) -> Trained:
     target = requirement.default_target() if config.target is None else config.target
     steps = config.editor.steps if config.steps is None else config.steps
     editor_config = dataclasses.replace(config.editor, steps=steps, chunk_steps=max(1, steps // 10))
-    if reuse_finished:
-        try:
-            found, record = editor.load_editor(out / "editor")
-            if (record["config"]["requirement"], record["config"]["steps"]) == (editor_config.requirement, steps):
-                return Trained(dataset, spec, networks, found, requirement, target, steps, float("nan"))
-        except (checkpoint.CheckpointError, editor.EditorTrainingError):
-            pass  # nothing finished there: train
+    found = reusable_editor(out / "editor", editor_config.requirement, steps) if reuse_finished else None
+    if found is not None:
+        return Trained(dataset, spec, networks, found, requirement, target, steps, float("nan"))
     finished = finished_editor(out / "editor")
     started = time.perf_counter()
     trained_editor = editor.train_editor(spec, networks.subset("train"), dataset, editor_config, workdir=out / "editor",
                                          progress=False, validation=networks.subset("val"))
     seconds = float("nan") if finished else time.perf_counter() - started  # a finished editor is only loaded
     return Trained(dataset, spec, networks, trained_editor, requirement, target, steps, seconds)
+
+
+def reusable_editor(workdir: Path, requirement: str, steps: int) -> gmn.Editor | None:
+    """The finished editor in ``workdir``, loaded as it is, if it was trained for ``requirement`` in
+    ``steps`` steps; else None (nothing finished there, or another run: train or resume instead)."""
+    try:
+        found, record = editor.load_editor(workdir)
+    except (checkpoint.CheckpointError, editor.EditorTrainingError):
+        return None
+    return found if (record["config"]["requirement"], record["config"]["steps"]) == (requirement, steps) else None
 
 
 def finished_editor(workdir: Path) -> bool:

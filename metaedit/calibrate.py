@@ -24,7 +24,7 @@ import numpy as np
 from metaedit import gmn, nets
 from metaedit.datasets import Dataset
 from metaedit.editor import check_lambda, condition
-from metaedit.probe import stratified_batch
+from metaedit.probe import cell_shares, stratified_batch
 from metaedit.requirements import Requirement
 from metaedit.training import Batch
 
@@ -50,12 +50,11 @@ def validation_rows(dataset: Dataset, size: int = 8192, seed: int = 1) -> Batch:
     rows = stratified_batch(dataset, size, seed)
     if dataset.s_train is None:
         return rows
-    y, s = np.asarray(dataset.y_train, np.int64), np.asarray(dataset.s_train, np.int64)
-    labels = int(y.max()) + 1
-    population = np.bincount(s * labels + y, minlength=(int(s.max()) + 1) * labels) / len(y)
-    cells = np.asarray(rows.s, np.int64) * labels + np.asarray(rows.y, np.int64)
-    sampled = np.bincount(cells, minlength=len(population)) / len(cells)
-    weight = population[cells] / sampled[cells]
+    groups, labels = int(np.max(dataset.s_train)) + 1, int(np.max(dataset.y_train)) + 1
+    population = cell_shares(dataset.y_train, dataset.s_train, groups, labels)
+    sampled = cell_shares(rows.y, rows.s, groups, labels)
+    s, y = np.asarray(rows.s), np.asarray(rows.y)
+    weight = population[s, y] / sampled[s, y]
     return rows._replace(weight=jnp.asarray(weight / weight.mean(), jnp.float32))
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,9 +75,7 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
     if not nets.population_size(params):
         raise requirements.RequirementError("there are no networks to edit (the zoo's test split of networks is "
                                             "empty: it needs at least 3 members)")
-    x = jnp.asarray(dataset.x_test)
-    before = _logits(spec, params, x)
-    accuracy_before = test_accuracy(spec, params, dataset)
+    held = _held_out(spec, requirement, params, dataset, target)
     rows = []
     for lam in tqdm(lambdas, desc="editing", unit="lambda", disable=not progress):
         cond = condition(requirement, jnp.asarray(lam, jnp.float32), jnp.asarray(target, jnp.float32))
@@ -85,44 +83,61 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
         started = time.perf_counter()
         edited = jax.block_until_ready(gmn.edit(editor, spec, params, cond))
         seconds = (time.perf_counter() - started) / nets.population_size(params)
-        after = _logits(spec, edited, x)
-        result = BaselineResult(edited, np.asarray(after.argmax(-1)), seconds)
-        rows.append({"method": "editor", "setting": f"lambda={float(lam)}", "lambda": float(lam),
-                     **summarise(requirement, spec, result, dataset, target, accuracy_before),
-                     "jsd": float(jax.vmap(requirements.jsd)(before, after).mean())})
+        setting = f"lambda={float(lam)}"
+        rows.append(_edit_row(held, "editor", setting, float(lam), edited, seconds)[0])
         if refitted and refit_reason(spec, requirement) is None:
             rebuilt, refit_seconds = refit.refit_edits(spec, params, edited, dataset, refit_masked_layers(requirement))
-            after = _logits(spec, rebuilt, x)
-            result = BaselineResult(rebuilt, np.asarray(after.argmax(-1)), seconds + refit_seconds)
-            rows.append({"method": "editor+refit", "setting": f"lambda={float(lam)}", "lambda": float(lam),
-                         **summarise(requirement, spec, result, dataset, target, accuracy_before),
-                         "jsd": float(jax.vmap(requirements.jsd)(before, after).mean())})
+            rows.append(_edit_row(held, "editor+refit", setting, float(lam), rebuilt, seconds + refit_seconds)[0])
     validation = calibrate.validation_rows(dataset)
     if calibrated:
         chosen = calibrate.calibrate(editor, spec, requirement, params, target, validation)
-        rows.append(_calibrated_row("editor", "lambda=auto", spec, requirement, dataset, target, before, accuracy_before,
-                                    chosen.params, chosen.found, chosen.seconds_per_edit,
+        rows.append(_calibrated_row(held, "editor", "lambda=auto", chosen.params, chosen.found, chosen.seconds_per_edit,
                                     lambda_mean=float(chosen.lam.mean())))
     if group_shift and group_shift_reason(spec, requirement, dataset) is None:
-        rows.append(_group_shift_row(spec, requirement, params, dataset, target, before, accuracy_before, validation))
+        rows.append(_group_shift_row(held, params, validation))
     if imputed and imputation_reason(spec, requirement) is None:
-        rows.append(_imputation_row(spec, requirement, params, dataset, target, before, accuracy_before))
+        rows.append(_imputation_row(held, params))
     return rows
 
 
-def _calibrated_row(method: str, setting: str, spec: nets.Spec, requirement: Requirement, dataset: Dataset,
-                    target: float, before: jax.Array, accuracy_before: np.ndarray, edited: nets.Params,
-                    found: np.ndarray, seconds: float, **extra) -> dict:
-    """The row of a calibrated mode (``lambda`` "auto"): the shared fields, ``jsd``, ``extra``,
-    ``found_rate`` and ``agreement`` (see :func:`evaluate_editor`); ``before`` [P, n, C]: the
-    original networks' test logits."""
-    after = _logits(spec, edited, jnp.asarray(dataset.x_test))
+class _HeldOut(NamedTuple):
+    """What the rows of one set of held-out networks are measured against: their test logits
+    ``before`` [P, n, C] and test accuracies [P], with the requirement, target and data."""
+
+    spec: nets.Spec
+    requirement: Requirement
+    dataset: Dataset
+    target: float
+    before: jax.Array
+    accuracy_before: np.ndarray
+
+
+def _held_out(spec, requirement, params, dataset, target) -> _HeldOut:
+    return _HeldOut(spec, requirement, dataset, target, _logits(spec, params, jnp.asarray(dataset.x_test)),
+                    test_accuracy(spec, params, dataset))
+
+
+def _edit_row(held: _HeldOut, method: str, setting: str, lam, edited: nets.Params, seconds: float,
+              **extra) -> tuple[dict, BaselineResult]:
+    """One row of edited networks [P, ...] (``seconds`` warm per network): the shared fields, ``lambda``,
+    ``jsd`` and ``extra``; and their result on the test split."""
+    after = _logits(held.spec, edited, jnp.asarray(held.dataset.x_test))
     result = BaselineResult(edited, np.asarray(after.argmax(-1)), seconds)
-    on_test = [requirement.complies(v, target) for v in requirement.measure_result(spec, result, dataset)]
-    return {"method": method, "setting": setting, "lambda": "auto",
-            **summarise(requirement, spec, result, dataset, target, accuracy_before),
-            "jsd": float(jax.vmap(requirements.jsd)(before, after).mean()), **extra,
-            "found_rate": float(np.mean(found)), "agreement": float(np.mean(np.asarray(on_test) == found))}
+    return ({"method": method, "setting": setting, "lambda": lam,
+             **summarise(held.requirement, held.spec, result, held.dataset, held.target, held.accuracy_before),
+             "jsd": float(jax.vmap(requirements.jsd)(held.before, after).mean()), **extra}, result)
+
+
+def _calibrated_row(held: _HeldOut, method: str, setting: str, edited: nets.Params, found: np.ndarray | None,
+                    seconds: float, **extra) -> dict:
+    """The row of a calibrated mode (``lambda`` "auto"): :func:`_edit_row`'s, ``found_rate`` and
+    ``agreement`` (see :func:`evaluate_editor`); ``found`` None: a weight requirement, whose verdict
+    is its measurement."""
+    row, result = _edit_row(held, method, setting, "auto", edited, seconds, **extra)
+    values = held.requirement.measure_result(held.spec, result, held.dataset)
+    on_test = np.asarray([held.requirement.complies(v, held.target) for v in values])
+    found = on_test if found is None else found
+    return {**row, "found_rate": float(np.mean(found)), "agreement": float(np.mean(on_test == found))}
 
 
 def group_shift_reason(spec: nets.Spec, requirement: Requirement, dataset: Dataset) -> str | None:
@@ -135,10 +150,9 @@ def group_shift_reason(spec: nets.Spec, requirement: Requirement, dataset: Datas
     return None
 
 
-def _group_shift_row(spec, requirement, params, dataset, target, before, accuracy_before, validation) -> dict:
-    shifted = groupshift.edit(spec, requirement, params, dataset, target, validation)
-    return _calibrated_row("group_shift", "auto", spec, requirement, dataset, target, before, accuracy_before,
-                           shifted.params, shifted.found, shifted.seconds_per_edit)
+def _group_shift_row(held: _HeldOut, params: nets.Params, validation) -> dict:
+    shifted = groupshift.edit(held.spec, held.requirement, params, held.dataset, held.target, validation)
+    return _calibrated_row(held, "group_shift", "auto", shifted.params, shifted.found, shifted.seconds_per_edit)
 
 
 def evaluate_group_shift(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset: Dataset,
@@ -147,8 +161,8 @@ def evaluate_group_shift(spec: nets.Spec, requirement: Requirement, params: nets
     row, method ``group_shift``, ``lambda`` "auto", with ``jsd``, ``found_rate`` (networks whose
     validation rows met the target with the margin) and ``agreement`` (networks whose test-split
     compliance agrees with the validation rows)."""
-    return _group_shift_row(spec, requirement, params, dataset, target, _logits(spec, params, jnp.asarray(dataset.x_test)),
-                            test_accuracy(spec, params, dataset), calibrate.validation_rows(dataset))
+    return _group_shift_row(_held_out(spec, requirement, params, dataset, target), params,
+                            calibrate.validation_rows(dataset))
 
 
 def refit_reason(spec: nets.Spec, requirement: Requirement) -> str | None:
@@ -173,11 +187,10 @@ def imputation_reason(spec: nets.Spec, requirement: Requirement) -> str | None:
     return None
 
 
-def _imputation_row(spec, requirement, params, dataset, target, before, accuracy_before) -> dict:
-    edited = imputation.edit(spec, requirement, params, dataset, target)
-    reads = np.asarray(jax.vmap(lambda p: requirement.exact(spec, p))(edited.params))  # from the weights
-    return _calibrated_row("imputation", f"kept<={int(np.floor(target))}", spec, requirement, dataset, target, before,
-                           accuracy_before, edited.params, reads <= target, edited.seconds_per_edit)
+def _imputation_row(held: _HeldOut, params: nets.Params) -> dict:
+    edited = imputation.edit(held.spec, held.requirement, params, held.dataset, held.target)
+    return _calibrated_row(held, "imputation", f"kept<={int(np.floor(held.target))}", edited.params, None,
+                           edited.seconds_per_edit)
 
 
 def evaluate_imputation(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset: Dataset,
@@ -186,8 +199,7 @@ def evaluate_imputation(spec: nets.Spec, requirement: Requirement, params: nets.
     split: one row, method ``imputation``, ``lambda`` "auto", with ``jsd``, ``found_rate`` (networks
     whose edited weights read at most ``target`` groups) and ``agreement`` (as
     :func:`evaluate_group_shift`; a weight requirement, so the verdicts are the same measurement)."""
-    return _imputation_row(spec, requirement, params, dataset, target,
-                           _logits(spec, params, jnp.asarray(dataset.x_test)), test_accuracy(spec, params, dataset))
+    return _imputation_row(_held_out(spec, requirement, params, dataset, target), params)
 
 
 def evaluate_baselines(requirement: Requirement, spec: nets.Spec, params: nets.Params, dataset: Dataset,

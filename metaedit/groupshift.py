@@ -40,6 +40,7 @@ import numpy as np
 
 from metaedit import nets
 from metaedit.datasets import Dataset
+from metaedit.probe import cell_shares
 from metaedit.requirements import EqualisedOdds, Gap, Requirement
 from metaedit.training import Batch
 
@@ -100,21 +101,9 @@ def check(spec: nets.Spec, requirement: Requirement) -> None:
                               f"{spec.num_classes} classes")
 
 
-def forward_from(spec: nets.MLPSpec, params: nets.Params, h: jax.Array, start: int = 0
-                 ) -> tuple[list[jax.Array], jax.Array]:
-    """``(hidden, logits)`` from ``h`` [n, width], the input of layer ``start`` (0: the network's input):
-    the activations [n, width] of every hidden layer from ``start`` on, and the logits [n, C]."""
-    h, hidden = h.reshape(h.shape[0], -1), []
-    for layer in nets.layers(spec)[start:-1]:
-        h = jax.nn.relu(h @ params[layer.name]["kernel"] + params[layer.name]["bias"])
-        hidden.append(h)
-    last = nets.layers(spec)[-1].name
-    return hidden, h @ params[last]["kernel"] + params[last]["bias"]
-
-
 def route_neurons(spec: nets.MLPSpec, params: nets.Params, hidden: list[jax.Array]) -> list[jax.Array]:
     """Per hidden layer, the index of its least-used neuron, from the hidden activations ``hidden``
-    (:func:`forward_from`, one network)."""
+    (:func:`metaedit.nets.mlp_forward`, one network)."""
     names = [layer.name for layer in nets.layers(spec)]
     return [jnp.argmin(jnp.abs(h).mean(0) * jnp.linalg.norm(params[names[i + 1]]["kernel"], axis=1))
             for i, h in enumerate(hidden)]
@@ -208,12 +197,12 @@ def _edit_all(spec: nets.MLPSpec, requirement: Gap, params: nets.Params, rows: B
     equalised = isinstance(requirement, EqualisedOdds)
 
     def one(p):
-        hidden, before = forward_from(spec, p, rows.x)
+        hidden, before = nets.mlp_forward(spec, p, rows.x)
         neurons = route_neurons(spec, p, hidden)
         zero = jnp.zeros(columns.shape, jnp.float32)
         bare = with_route(spec, p, neurons, zero, jnp.zeros(()))  # the route's neurons given up, no shift yet
         # the bare network differs from p in the first layer in one neuron only: its pass there is reused
-        logits = forward_from(spec, bare, hidden[0].at[:, neurons[0]].set(0.0), 1)[1] if neurons else before
+        logits = nets.mlp_forward(spec, bare, hidden[0].at[:, neurons[0]].set(0.0), 1)[1] if neurons else before
         members = jax.nn.one_hot(rows.s, cell_weights.shape[0], dtype=jnp.float32)  # [n, G]
         original = ((before[:, 1] > before[:, 0]) @ members) / jnp.maximum(members.sum(0), 1)
         shifts, found, gap = _choose(logits[:, 1] - logits[:, 0], original, rows, cell_weights, bound, equalised,
@@ -227,8 +216,7 @@ def _edit_all(spec: nets.MLPSpec, requirement: Gap, params: nets.Params, rows: B
 
 def cell_weights(dataset: Dataset, groups: int) -> np.ndarray:
     """[G, 2] each (group, label) cell's share of the training split."""
-    s, y = np.asarray(dataset.s_train), np.asarray(dataset.y_train)
-    return np.asarray([[np.mean((s == g) & (y == label)) for label in (0, 1)] for g in range(groups)], np.float32)
+    return cell_shares(dataset.y_train, dataset.s_train, groups, 2).astype(np.float32)
 
 
 def edit(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset: Dataset, target: float,

@@ -42,6 +42,7 @@ import numpy as np
 from metaedit import nets, refit
 from metaedit.datasets import Dataset
 from metaedit.requirements import Minimisation, Requirement
+from metaedit.requirements.minimisation import read_mask
 
 RIDGE = 1e-3  # of the mean column variance, on the kept columns' covariance
 
@@ -127,16 +128,13 @@ def curvatures(spec: nets.MLPSpec, params: nets.Params, x: jax.Array) -> jax.Arr
     def one(p):
         kernel, bias = p[names[0]]["kernel"], p[names[0]]["bias"]
 
-        def head(z):
-            h = z if len(names) == 1 else jax.nn.relu(z)
-            for name in names[1:]:
-                h = h @ p[name]["kernel"] + p[name]["bias"]
-                h = jax.nn.relu(h) if name != names[-1] else h
-            return h
+        def head(z):  # the logits from one row's first-layer pre-activations, twice (the second: aux)
+            logits = z if len(names) == 1 else nets.mlp_forward(spec, p, jax.nn.relu(z)[None], 1)[1][0]
+            return logits, logits
 
         def row(z):
-            jacobian = jax.jacrev(head)(z)  # [C, h]
-            probabilities = jax.nn.softmax(head(z))
+            jacobian, logits = jax.jacrev(head, has_aux=True)(z)  # [C, h], [C]
+            probabilities = jax.nn.softmax(logits)
             fisher = jnp.diag(probabilities) - jnp.outer(probabilities, probabilities)
             return jacobian.T @ fisher @ jacobian
 
@@ -163,6 +161,12 @@ def apply_transform(spec: nets.MLPSpec, params: nets.Params, change: jax.Array, 
         return jax.tree.map(lambda new, old: jnp.where(drop, new, old), refit.refit(spec, p, out, x), p)
 
     return jax.lax.map(lambda args: one(*args), (params, change, kept, dropping))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _read_groups(spec: nets.MLPSpec, params: nets.Params, groups) -> jax.Array:
+    """[P, G] bool: the groups each network of ``params`` [P, ...] reads."""
+    return jax.vmap(lambda p: read_mask(spec, p, groups))(params)
 
 
 def _bucket(n: int) -> int:
@@ -214,12 +218,9 @@ def edit(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset
     params = jax.tree.map(jnp.asarray, params)
     keep = int(np.floor(target))
 
-    first = nets.layers(spec)[0].name
-
     def run():
         stats = statistics(dataset, requirement.groups)
-        read = np.asarray(jax.vmap(lambda k: (k != 0).any(-1))(params[first]["kernel"]).astype(jnp.float32)
-                          @ stats.members.T > 0)  # [P, G]: the groups each network reads
+        read = np.asarray(_read_groups(spec, params, requirement.groups))
         kept = choose_groups(stats, curvatures(spec, params, x), read, keep)
         masks, owner = np.unique(kept, axis=0, return_inverse=True)
         change = transforms(stats, _padded(masks))[0][jnp.asarray(owner.reshape(-1))]

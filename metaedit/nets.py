@@ -219,14 +219,22 @@ def apply(spec: Spec, params: Params, x: jax.Array) -> jax.Array:
         )
     all_layers = layers(spec)
     if isinstance(spec, MLPSpec):
-        h = x.reshape(x.shape[0], -1)
-        for i, layer in enumerate(all_layers):
-            h = h @ params[layer.name]["kernel"] + params[layer.name]["bias"]
-            if i < len(all_layers) - 1:
-                h = jax.nn.relu(h)
-        return h
+        return mlp_forward(spec, params, x)[1]
     head = params[all_layers[-1].name]
     return features(spec, params, x) @ head["kernel"] + head["bias"]
+
+
+def mlp_forward(spec: "MLPSpec", params: Params, h: jax.Array, start: int = 0) -> tuple[list[jax.Array], jax.Array]:
+    """``(hidden, logits)`` of an MLP from ``h`` [n, width], the input of layer ``start`` (0: the
+    network's input, flattened here): the activations [n, width] of every hidden layer from ``start``
+    on, and the logits [n, C]."""
+    h, hidden = h.reshape(h.shape[0], -1), []
+    all_layers = layers(spec)
+    for layer in all_layers[start:-1]:
+        h = jax.nn.relu(h @ params[layer.name]["kernel"] + params[layer.name]["bias"])
+        hidden.append(h)
+    last = all_layers[-1].name
+    return hidden, h @ params[last]["kernel"] + params[last]["bias"]
 
 
 def head_input(spec: "CNNSpec", h: jax.Array, trailing: int = 0) -> jax.Array:

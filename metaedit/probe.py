@@ -158,6 +158,12 @@ def probe_rows(y: np.ndarray, s: np.ndarray | None, size: int, seed: int = 0) ->
     return np.sort(np.asarray(picked[:size], np.int64))
 
 
+def cell_shares(y: np.ndarray, s: np.ndarray, groups: int, labels: int) -> np.ndarray:
+    """[groups, labels] each (sensitive group, label) cell's share of the rows ``y``, ``s`` [n]."""
+    cells = np.asarray(s, np.int64) * labels + np.asarray(y, np.int64)
+    return (np.bincount(cells, minlength=groups * labels) / len(cells)).reshape(groups, labels)
+
+
 def stratified_batch(dataset: Dataset, size: int, seed: int) -> Batch:
     """``size`` training rows stratified over the (group, label) cells (:func:`probe_rows`), as a
     device :class:`Batch`: the probe batch, the rows a gap is measured on in training, the

@@ -59,32 +59,30 @@ def main(argv=None) -> None:
         first, warm = _timed(lambda: jax.block_until_ready(gmn.edit(fresh, spec, params, cond)))
         emit("edit_cost", "editor", 1e3 * warm / count, "ms/network", requirement=name, first_call_seconds=first,
              **where)
-        started = time.perf_counter()
-        chosen = calibrate.calibrate(fresh, spec, requirement, params, requirement.default_target(), rows)
-        emit("edit_cost", "editor-calibrated", 1e3 * chosen.seconds_per_edit, "ms/network", requirement=name,
-             lambdas=len(calibrate.LAMBDAS), validation_rows=int(rows.y.shape[0]),
-             first_call_seconds=time.perf_counter() - started - chosen.seconds_per_edit * count, **where)
+        target = requirement.default_target()
+        fields = {"requirement": name, **where}
+        _emit_self_timed("editor-calibrated", lambda: calibrate.calibrate(fresh, spec, requirement, params, target, rows),
+                         count, lambdas=len(calibrate.LAMBDAS), validation_rows=int(rows.y.shape[0]), **fields)
         if compare.group_shift_reason(spec, requirement, data) is None:
-            started = time.perf_counter()
-            shifted = groupshift.edit(spec, requirement, params, data, requirement.default_target(), rows)
-            emit("edit_cost", "group-shift", 1e3 * shifted.seconds_per_edit, "ms/network", requirement=name,
-                 validation_rows=int(rows.y.shape[0]), candidates=groupshift.CANDIDATES,
-                 first_call_seconds=time.perf_counter() - started - shifted.seconds_per_edit * count, **where)
+            _emit_self_timed("group-shift", lambda: groupshift.edit(spec, requirement, params, data, target, rows), count,
+                             validation_rows=int(rows.y.shape[0]), candidates=groupshift.CANDIDATES, **fields)
         if compare.imputation_reason(spec, requirement) is None:
-            started = time.perf_counter()
-            imputed = imputation.edit(spec, requirement, params, data, requirement.default_target())
-            emit("edit_cost", "imputation", 1e3 * imputed.seconds_per_edit, "ms/network", requirement=name,
-                 rows=refit.ROWS, first_call_seconds=time.perf_counter() - started - imputed.seconds_per_edit * count,
-                 **where)
+            _emit_self_timed("imputation", lambda: imputation.edit(spec, requirement, params, data, target), count,
+                             rows=refit.ROWS, **fields)
         for baseline_name, baseline in requirement.baselines().items():
-            strength = requirement.default_target() if baseline.default_strength is None else baseline.default_strength
+            strength = target if baseline.default_strength is None else baseline.default_strength
             strength = int(strength) if baseline.strength == "kept" else strength
-            started = time.perf_counter()
-            result = baseline.run(spec, params, data, strength)  # compiles, then times a warm run itself
-            whole = time.perf_counter() - started
-            emit("edit_cost", baseline_name, 1e3 * result.seconds_per_edit, "ms/network", requirement=name,
-                 family=baseline.family, strength=strength,
-                 first_call_seconds=whole - result.seconds_per_edit * count, **where)
+            _emit_self_timed(baseline_name, lambda: baseline.run(spec, params, data, strength), count,
+                             family=baseline.family, strength=strength, **fields)
+
+
+def _emit_self_timed(impl: str, run, count: int, **fields) -> None:
+    """Emits the warm ms per network of ``run()``, which times itself (a warm call after one that
+    compiles) and returns ``seconds_per_edit``; ``first_call_seconds``: the rest of its wall time."""
+    started = time.perf_counter()
+    result = run()
+    first = time.perf_counter() - started - result.seconds_per_edit * count
+    emit("edit_cost", impl, 1e3 * result.seconds_per_edit, "ms/network", first_call_seconds=first, **fields)
 
 
 if __name__ == "__main__":

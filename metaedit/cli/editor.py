@@ -121,43 +121,45 @@ def _edit_command(args: argparse.Namespace) -> int:
     edited, lam, found = certified.edit_network(trained_editor, spec, requirement, params, args.lambda_, target,
                                                 dataset)
     if args.refit:
-        stacked = [jax.tree.map(lambda a: np.asarray(a)[None], tree) for tree in (params, edited)]
-        edited = jax.tree.map(lambda a: a[0], refit.refit_edits(spec, *stacked, dataset,
-                                                                compare.refit_masked_layers(requirement))[0])
+        edited = _first(refit.refit_edits(spec, _stacked(params), _stacked(edited), dataset,
+                                          compare.refit_masked_layers(requirement))[0])
     if found is not None:
         print(f"lambda auto: {lam}; " + ("it complies with target " if found else "NO lambda complies on the "
                                          "validation rows; this is the most compliant edit, target ") + str(target),
               file=sys.stderr)
-    _save_params(args.out, spec, edited)
-    summary = {"lambda": lam, "refit": bool(args.refit), "requirement": requirement.name, "target": target,
-               **certified.outcome(spec, requirement, target, edited, params, split_batch(dataset, "test")),
-               "out": args.out}
-    _print_edit(summary, args.json)
-    return 0
+    return _write_edit(args, spec, requirement, target, params, edited, dataset, lam, refit=bool(args.refit))
 
 
 def _group_shift_edit(args, spec, requirement, params, dataset, target) -> int:
-    shifted = groupshift.edit(spec, requirement, jax.tree.map(lambda a: np.asarray(a)[None], params), dataset, target,
-                              calibrate.validation_rows(dataset))
-    edited = jax.tree.map(lambda a: a[0], shifted.params)
+    shifted = groupshift.edit(spec, requirement, _stacked(params), dataset, target, calibrate.validation_rows(dataset))
     found = bool(shifted.found[0])
     print("group shift: " + ("it complies with target " if found else "NO shift complies on the validation rows; "
                              "this is the most compliant one, target ") + str(target), file=sys.stderr)
-    _save_params(args.out, spec, edited)
-    summary = {"lambda": "group-shift", "requirement": requirement.name, "target": target,
-               "shifts": [round(float(v), 6) for v in shifted.shifts[0]], "found": found,
-               **certified.outcome(spec, requirement, target, edited, params, split_batch(dataset, "test")),
-               "out": args.out}
-    _print_edit(summary, args.json)
-    return 0
+    return _write_edit(args, spec, requirement, target, params, _first(shifted.params), dataset, "group-shift",
+                       shifts=[round(float(v), 6) for v in shifted.shifts[0]], found=found)
 
 
 def _imputation_edit(args, spec, requirement, params, dataset, target) -> int:
-    imputed = imputation.edit(spec, requirement, jax.tree.map(lambda a: np.asarray(a)[None], params), dataset, target)
-    edited = jax.tree.map(lambda a: a[0], imputed.params)
+    imputed = imputation.edit(spec, requirement, _stacked(params), dataset, target)
+    return _write_edit(args, spec, requirement, target, params, _first(imputed.params), dataset, "imputation",
+                       kept_groups=[i for i, on in enumerate(imputed.kept[0]) if on])
+
+
+def _stacked(params):
+    """One network's params as a population of one [1, ...]."""
+    return jax.tree.map(lambda a: np.asarray(a)[None], params)
+
+
+def _first(params):
+    """The first network of a population [P, ...]."""
+    return jax.tree.map(lambda a: a[0], params)
+
+
+def _write_edit(args, spec, requirement, target, params, edited, dataset, lam, **extra) -> int:
+    """Writes the edited network to ``--out`` and prints its summary (``lambda``, ``extra``, the
+    requirement, target and outcome on the test split against the original ``params``)."""
     _save_params(args.out, spec, edited)
-    kept = [i for i, on in enumerate(imputed.kept[0]) if on]
-    summary = {"lambda": "imputation", "requirement": requirement.name, "target": target, "kept_groups": kept,
+    summary = {"lambda": lam, **extra, "requirement": requirement.name, "target": target,
                **certified.outcome(spec, requirement, target, edited, params, split_batch(dataset, "test")),
                "out": args.out}
     _print_edit(summary, args.json)

@@ -40,6 +40,12 @@ def groups_read(spec: nets.Spec, params: nets.Params, groups: Sequence[Sequence[
     return int(sum(bool((rows[list(g)] != 0).any()) for g in groups))
 
 
+def read_mask(spec: nets.Spec, params: nets.Params, groups: Sequence[Sequence[int]]) -> jax.Array:
+    """[G] bool: whether each feature group has a non-zero outgoing first-layer weight (is read)."""
+    rows = _input_rows(spec, params)
+    return jnp.stack([jnp.any(rows[jnp.asarray(g)] != 0) for g in groups])
+
+
 def group_norms(spec: nets.Spec, params: nets.Params, groups: Sequence[Sequence[int]]) -> jax.Array:
     """[G] the first-layer weight norm of each group's columns."""
     rows = _input_rows(spec, params)
@@ -59,8 +65,7 @@ def soft_groups_read(spec: nets.Spec, params: nets.Params, groups: Sequence[Sequ
 def groups_read_st(spec: nets.Spec, params: nets.Params, groups: Sequence[Sequence[int]]) -> jax.Array:
     """Fraction of groups read: exact in value (a group is read when any outgoing weight is
     non-zero), with the gradient of :func:`soft_groups_read`."""
-    rows = _input_rows(spec, params)
-    exact = jnp.stack([jnp.any(rows[jnp.asarray(g)] != 0) for g in groups]).astype(rows.dtype).mean()
+    exact = read_mask(spec, params, groups).astype(_input_rows(spec, params).dtype).mean()
     return straight_through(exact, soft_groups_read(spec, params, groups))
 
 
@@ -82,8 +87,7 @@ class Minimisation(Requirement):
         return (1.0, float(len(self.groups)))
 
     def exact(self, spec, params, batch=None) -> jax.Array:
-        rows = _input_rows(spec, params)
-        return jnp.stack([jnp.any(rows[jnp.asarray(g)] != 0) for g in self.groups]).sum()
+        return read_mask(spec, params, self.groups).sum()
 
     def check_network(self, spec) -> None:
         _check_mlp(spec)
