@@ -85,7 +85,7 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
         seconds = (time.perf_counter() - started) / nets.population_size(params)
         setting = f"lambda={float(lam)}"
         rows.append(_edit_row(held, "editor", setting, float(lam), edited, seconds)[0])
-        if refitted and refit_reason(spec, requirement) is None:
+        if refitted and refit_reason(requirement) is None:
             rebuilt, refit_seconds = refit.refit_edits(spec, params, edited, dataset, refit_masked_layers(requirement))
             rows.append(_edit_row(held, "editor+refit", setting, float(lam), rebuilt, seconds + refit_seconds)[0])
     validation = calibrate.validation_rows(dataset)
@@ -165,11 +165,12 @@ def evaluate_group_shift(spec: nets.Spec, requirement: Requirement, params: nets
                             calibrate.validation_rows(dataset))
 
 
-def refit_reason(spec: nets.Spec, requirement: Requirement) -> str | None:
-    """None where an edit for ``requirement`` can be refit layer-wise (:mod:`metaedit.refit`), else why not."""
+def refit_reason(requirement: Requirement) -> str | None:
+    """None where an edit for ``requirement`` can be refit layer-wise (:mod:`metaedit.refit`; any MLP or
+    CNN), else why not."""
     if not requirement.removes:
         return f"{requirement.name} is not met by removing weights: a refit to the original would undo the edit"
-    return refit.reason(spec)
+    return None
 
 
 def refit_masked_layers(requirement: Requirement) -> int | None:

@@ -69,6 +69,8 @@ class EditorTrainConfig:
     edge_hidden: int = option(8, "the editor's edge width")
     layers: int = option(3, "message-passing rounds")
     bilinear: int = option(0, "rank of the bilinear term of each weight's residual (0: none)")
+    magnitude: bool = option(False, "add to each weight's keep-logit a learnt multiple of its standardised "
+                             "log-magnitude (masks that can follow magnitudes, per conv tap)")
     rescale: float = option(1.0, "augment each training network by rescaling its hidden neurons (incoming "
                             "weights times c, outgoing divided by c; c log-uniform in [1/RESCALE, RESCALE]): "
                             "the same function with other weights (1: off)")
@@ -258,7 +260,7 @@ def train_editor(spec: nets.Spec | Sequence[nets.Spec], pool: nets.Params | Sequ
         nets.validate_params(s, p, batch_dims=1)
         requirement.check(s, dataset)
     gmn_config = gmn.GMNConfig.for_specs(specs, hidden=config.hidden, edge_hidden=config.edge_hidden,
-                                         layers=config.layers, bilinear=config.bilinear, probe_features=config.probe > 0,
+                                         layers=config.layers, bilinear=config.bilinear, magnitude=config.magnitude, probe_features=config.probe > 0,
                                          num_groups=dataset.num_groups, masks=requirement.removes)
     data = baselines.split_batch(dataset, "train")
     probe = stratified_batch(dataset, config.probe, config.seed) if config.probe else None

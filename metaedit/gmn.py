@@ -9,7 +9,7 @@ per node, then gathered), nodes from the means of their outgoing and incoming ed
 global, with residual connections and layer norm. Mean aggregation, shared hidden-neuron codes and
 per-neuron statistics make the edit equivariant to permutations of hidden neurons (conv channels).
 
-Heads (:class:`Edit`): per edge a weight residual ``[edge_dim]`` and a keep-logit; per node a bias
+Heads (:class:`Edit`): per edge a weight residual ``[edge_dim]`` and a keep-logit per weight; per node a bias
 residual and a keep-logit; one learned output scale ``s`` (initialised near 0). :func:`apply_edit`
 turns them into an edited network:
 ``W' = keep_edge * keep_sender * (W + s * dW)``, ``b' = b + s * db``; a node's keep-mask acts on all
@@ -52,7 +52,11 @@ class GMNConfig:
     usual (fan-in) scale, so that every mask starts kept. masks: whether the edit may remove weights
     and neurons (False: residuals only, every mask kept); bilinear: the rank of the weight
     residual's bilinear term ``sum_k u_ik v_jk`` over its sender's and receiver's embeddings (a
-    change of a whole row shaped by its receivers, e.g. one input's outgoing weights).
+    change of a whole row shaped by its receivers, e.g. one input's outgoing weights);
+    magnitude: add to each weight's keep-logit ``a * z + b``, with ``z`` the weight's log-magnitude
+    standardised over its network and ``(a, b)`` read from the global embedding (zero at
+    initialisation), so that a mask can follow the weights' magnitudes at any granularity (a conv
+    edge's taps) instead of learning it through the narrow edge embedding.
     """
 
     max_inputs: int
@@ -70,6 +74,7 @@ class GMNConfig:
     head_init: float = 0.1
     masks: bool = True
     bilinear: int = 0
+    magnitude: bool = False
 
     @classmethod
     def for_specs(cls, specs: Sequence[nets.Spec], **options) -> "GMNConfig":
@@ -112,7 +117,8 @@ class GMNConfig:
 class Edit(NamedTuple):
     """What the editor emits for one graph (leading axes added for batches).
 
-    weight_delta [E, edge_dim], edge_logit [E], bias_delta [N], node_logit [N], scale [].
+    weight_delta [E, edge_dim], edge_logit [E, edge_dim] (one keep-logit per weight: a dense edge's
+    one, a conv edge's taps), bias_delta [N], node_logit [N], scale [].
     """
 
     weight_delta: jax.Array
@@ -145,6 +151,18 @@ def _segment_mean(values: jax.Array, segments: jax.Array, count: int) -> jax.Arr
     return total / jnp.maximum(size, 1.0)[:, None]
 
 
+def _standard_log_magnitude(weight: jax.Array, graph_ids: jax.Array, n_graph: int) -> jax.Array:
+    """[E, edge_dim]: ``log |w|`` standardised over each graph's non-zero weights (0 where w = 0:
+    padded taps and removed weights)."""
+    real = (weight != 0).astype(weight.dtype)
+    log_magnitude = jnp.log(jnp.where(real > 0, jnp.abs(weight), 1.0))
+    count = jnp.maximum(jax.ops.segment_sum(real.sum(-1), graph_ids, n_graph), 1.0)
+    mean = jax.ops.segment_sum(log_magnitude.sum(-1), graph_ids, n_graph) / count
+    centred = (log_magnitude - mean[graph_ids][:, None]) * real
+    std = jnp.sqrt(jax.ops.segment_sum((centred ** 2).sum(-1), graph_ids, n_graph) / count + 1e-6)
+    return centred / std[graph_ids][:, None]
+
+
 class _Flat:
     """Edges as one [E, d] array, reached by gathers and segment means: any (padded) batch of graphs."""
 
@@ -155,6 +173,10 @@ class _Flat:
         self.node_graph = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=self.n_nodes)
         self.edge_graph = jnp.repeat(jnp.arange(n_graph), graph.n_edge, total_repeat_length=n_edges)
         self.layer = graph.edges["layer"]
+
+    def edge_graph_ids(self) -> jax.Array:
+        """[E] the graph of every edge (in :meth:`flatten`'s order)."""
+        return self.edge_graph
 
     def blocks(self, edge_values: jax.Array) -> list[jax.Array]:
         return [edge_values]
@@ -202,6 +224,9 @@ class _Blocks:
         self.nodes = [(0, topo.node_slices[0][0])] + list(topo.node_slices)  # node range of each position
         self.shapes = [(b - a, d - c) for (a, b), (c, d) in zip(self.nodes[:-1], self.nodes[1:])]
         self.edge_slices, self.n_edges = topo.edge_slices, topo.num_edges
+
+    def edge_graph_ids(self) -> jax.Array:
+        return jnp.zeros(self.n_edges, jnp.int32)
 
     def blocks(self, edge_values: jax.Array) -> list[jax.Array]:
         return [edge_values[a:b].reshape(shape + edge_values.shape[1:]) for (a, b), shape in
@@ -298,14 +323,15 @@ class GMN(nn.Module):
         node_film = layout.graphs_of_nodes(film)
         nodes = nodes * (1 + node_film[..., 2 * he:2 * he + h]) + node_film[..., 2 * he + h:]
         head_init = nn.initializers.variance_scaling(c.head_init ** 2, "fan_in", "truncated_normal")
-        ends = nn.Dense(2 * (c.edge_dim + 1), kernel_init=head_init, name="node_to_edge_head")(nodes)
-        edge_head = nn.Dense(c.edge_dim + 1, kernel_init=head_init, name="edge_head")
-        parts = [edge_head(e) + s[..., :c.edge_dim + 1] + r[..., c.edge_dim + 1:] for e, s, r in
+        width = 2 * c.edge_dim  # per edge: a residual and a keep-logit per weight (a conv edge's taps)
+        ends = nn.Dense(2 * width, kernel_init=head_init, name="node_to_edge_head")(nodes)
+        edge_head = nn.Dense(width, kernel_init=head_init, name="edge_head")
+        parts = [edge_head(e) + s[..., :width] + r[..., width:] for e, s, r in
                  zip(edges, layout.senders_of(ends), layout.receivers_of(ends))]
         if c.bilinear:
             factors = nn.Dense(2 * c.bilinear, kernel_init=head_init, name="bilinear_head")(nodes)
             rows = layout.bilinear(factors[:, :c.bilinear], factors[:, c.bilinear:])
-            parts = [p + jnp.pad(b, [(0, 0)] * (b.ndim - 1) + [(0, c.edge_dim)]) for p, b in zip(parts, rows)]
+            parts = [p + jnp.pad(b, [(0, 0)] * (b.ndim - 1) + [(0, width - 1)]) for p, b in zip(parts, rows)]
         edge_out = layout.flatten(parts)
         node_out = nn.Dense(2, kernel_init=head_init, name="node_head")(nodes)
         scale = self.param("output_scale", nn.initializers.constant(c.init_scale), ())
@@ -315,7 +341,12 @@ class GMN(nn.Module):
                                         zip(edges, layout.graphs_of_edges(strength))])
         node_strength = jnp.broadcast_to(layout.graphs_of_nodes(strength), nodes.shape[:1])[:, None]
         edge_out, node_out = edge_strength * edge_out, node_strength * node_out
-        edge_logit, node_logit = edge_out[..., c.edge_dim] + c.keep_bias, node_out[..., 1] + c.keep_bias
+        edge_logit, node_logit = edge_out[..., c.edge_dim:] + c.keep_bias, node_out[..., 1] + c.keep_bias
+        if c.magnitude:
+            ids = layout.edge_graph_ids()
+            gain = nn.Dense(2, kernel_init=nn.initializers.zeros, name="magnitude_head")(globals_)[ids]
+            edge_logit = edge_logit + edge_strength[:, :1] * (
+                gain[:, :1] * _standard_log_magnitude(graph.edges["weight"], ids, condition.shape[0]) + gain[:, 1:])
         if not c.masks:  # residuals only: every weight and neuron kept
             edge_logit, node_logit = jnp.ones_like(edge_logit), jnp.ones_like(node_logit)
         return Edit(
@@ -384,8 +415,8 @@ def apply_edit_to_graph(graph: jraph.GraphsTuple, edit: Edit, hard: bool = True)
     Works on a single graph and on a padded batch of graphs alike.
     """
     node_keep = keep_mask(edit.node_logit, hard)
-    edge_keep = keep_mask(edit.edge_logit, hard) * node_keep[graph.senders]
-    weight = edge_keep[:, None] * (graph.edges["weight"] + edit.scale * edit.weight_delta)
+    edge_keep = keep_mask(edit.edge_logit, hard) * node_keep[graph.senders][:, None]
+    weight = edge_keep * (graph.edges["weight"] + edit.scale * edit.weight_delta)
     bias = graph.nodes["bias"] + edit.scale * edit.bias_delta[:, None]
     return graph._replace(nodes={**graph.nodes, "bias": bias}, edges={**graph.edges, "weight": weight})
 

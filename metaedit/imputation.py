@@ -215,6 +215,7 @@ def edit(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset
     if rows < 2:
         raise ImputationError(f"rows must be >= 2, got {rows}")
     x = refit.training_rows(dataset, rows, seed)
+    x = x.reshape(x.shape[0], -1)
     params = jax.tree.map(jnp.asarray, params)
     keep = int(np.floor(target))
 

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaedit.convolution import conv
+
 Params = dict[str, dict[str, Any]]
 
 
@@ -292,16 +294,6 @@ def linear_map(layer: Layer):
     if layer.kind == "dense":
         return lambda h, kernel: h @ kernel
     return functools.partial(conv, padding=layer.padding)
-
-
-def conv(x: jax.Array, kernel: jax.Array, padding: str = "SAME") -> jax.Array:
-    """Stride-1 convolution ("SAME" or "VALID" padding): x [B, *spatial, c_in], kernel [*window, c_in, c_out]."""
-    rank = kernel.ndim - 2
-    spatial = "HW"[:rank]
-    numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1,) * rank, padding=padding, dimension_numbers=numbers
-    )
 
 
 def check_fits(spec: Spec, input_shape: tuple[int, ...], outputs: int, where: str,

@@ -1,4 +1,5 @@
-"""Pruning a zoo of digits CNNs (cnn:8,8) to sparsity 0.9: one editor against magnitude pruning."""
+"""Pruning digits CNNs (cnn:16,32) to sparsity 0.9: one editor (with and without the layer-wise refit)
+against magnitude pruning with and without fine-tuning."""
 
 from experiments import compliance
 from metaedit.editor import EditorTrainConfig
@@ -9,6 +10,7 @@ SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 def get_config() -> compliance.Config:
     return compliance.Config(
-        title="Pruning digits CNNs (cnn:8,8) to sparsity 0.9", dataset="digits", arch="cnn:8,8",
-        zoo=ZooConfig(members=128, epochs=20, batch_size=32, seed=0), editor=EditorTrainConfig(requirement="pruning"),
+        title="Pruning digits CNNs (cnn:16,32) to sparsity 0.9", dataset="digits", arch="cnn:16,32",
+        zoo=ZooConfig(members=256, epochs=20, batch_size=32, seed=0),
+        editor=EditorTrainConfig(requirement="pruning", keep="best", magnitude=True),
         strengths=(("magnitude", SPARSITIES), ("magnitude+finetune", SPARSITIES)), out="results/pruning_cnn")

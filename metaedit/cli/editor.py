@@ -64,8 +64,6 @@ def _evaluate_command(args: argparse.Namespace) -> int:
                                    imputed=args.imputation, refitted=args.refit)
     if args.group_shift and isinstance(requirement, Gap) and not any(r["method"] == "group_shift" for r in rows):
         print(f"no group-shift row: {compare.group_shift_reason(spec, requirement, dataset)}", file=sys.stderr)
-    if args.refit and requirement.removes and compare.refit_reason(spec, requirement):
-        print(f"no editor+refit rows: {compare.refit_reason(spec, requirement)}", file=sys.stderr)
     for row in rows:
         if args.json:
             print(json.dumps(row))
@@ -116,8 +114,8 @@ def _edit_command(args: argparse.Namespace) -> int:
         return _group_shift_edit(args, spec, requirement, params, dataset, target)
     if args.imputation:
         return _imputation_edit(args, spec, requirement, params, dataset, target)
-    if args.refit and compare.refit_reason(spec, requirement):
-        raise EditorError(f"--refit: {compare.refit_reason(spec, requirement)}")
+    if args.refit and compare.refit_reason(requirement):
+        raise EditorError(f"--refit: {compare.refit_reason(requirement)}")
     edited, lam, found = certified.edit_network(trained_editor, spec, requirement, params, args.lambda_, target,
                                                 dataset)
     if args.refit:
@@ -239,7 +237,7 @@ def register(commands) -> None:
                              "imputation; dropped groups replaced by their linear prediction from the kept ones, "
                              "folded into the weights, not the metanetwork's edit) (default: on)")
     parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
-                        help="for pruning and data minimisation on an MLP: after each lambda's row, the same edits "
+                        help="for pruning (MLP or CNN) and data minimisation: after each lambda's row, the same edits "
                              "refit layer-wise to the original networks on their own zeros (method editor+refit; "
                              "least squares on training rows) (default: on)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row (default: one line each)")
@@ -263,7 +261,7 @@ def register(commands) -> None:
                              "kept groups folded into the first layer, later layers refit on training rows; the "
                              "editor gives the data set and the requirement) (default: off)")
     parser.add_argument("--refit", action="store_true",
-                        help="for pruning and data minimisation on an MLP: refit the editor's edit layer-wise to the "
+                        help="for pruning (MLP or CNN) and data minimisation: refit the editor's edit layer-wise to the "
                              "original network on its own zeros (least squares on training rows; every zero stays) "
                              "(default: off)")
     parser.add_argument("--target", type=float, help="requirement target (default: the requirement's own)")

@@ -1,6 +1,8 @@
 """Pruning: the fraction of zero kernel weights; compliant at sparsity >= s.
 
-Baselines: global magnitude pruning, with and without fine-tuning under the fixed mask.
+Baselines: global magnitude pruning, alone, with fine-tuning under the fixed mask, and with the
+layer-wise least-squares refit of :mod:`metaedit.refit` on the mask (its non-zeros refit to the
+original network's pre-activations on training rows).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaedit import baselines, nets
+from metaedit import baselines, nets, refit
 from metaedit.baselines import Baseline, BaselineResult
 from metaedit.requirements.base import Requirement, straight_through
 
@@ -65,7 +67,8 @@ class Pruning(Requirement):
     def baselines(self) -> dict[str, Baseline]:
         return {"magnitude": Baseline(magnitude, "removal", "sparsity"),
                 "magnitude+finetune": Baseline(functools.partial(magnitude, finetune_steps=200), "fine-tuning",
-                                               "sparsity")}
+                                               "sparsity"),
+                "magnitude+refit": Baseline(functools.partial(magnitude, refitted=True), "fine-tuning", "sparsity")}
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "sparsity"))
@@ -84,7 +87,14 @@ def magnitude_masks(spec: nets.Spec, params: nets.Params, sparsity: float) -> ne
     return jax.vmap(one)(params)
 
 
-def magnitude(spec, params, dataset, sparsity, target=None, finetune_steps: int = 0) -> BaselineResult:
-    """Global magnitude pruning to ``sparsity`` (then fine-tuning under the mask, if asked)."""
+def magnitude(spec, params, dataset, sparsity, target=None, finetune_steps: int = 0,
+              refitted: bool = False) -> BaselineResult:
+    """Global magnitude pruning to ``sparsity`` (then fine-tuning under the mask, or the layer-wise refit
+    on it, if asked)."""
+    if refitted:
+        params = jax.tree.map(jnp.asarray, params)
+        x = refit.training_rows(dataset, refit.rows_for(spec))
+        pruned = lambda: jax.tree.map(jnp.multiply, params, magnitude_masks(spec, params, float(sparsity)))  # noqa: E731
+        return baselines.timed(spec, params, dataset, lambda: refit.refit_population(spec, params, pruned(), x))
     return baselines.masked(spec, params, dataset, lambda: magnitude_masks(spec, params, float(sparsity)),
                             finetune_steps)

@@ -25,13 +25,17 @@ def test_magnitude_pruning_reaches_its_sparsity_and_finetuning_keeps_the_mask(ge
     spec, params, data = german_zoo
     pruned = baseline("pruning", "magnitude")(spec, params, data, 0.8)
     tuned = baseline("pruning", "magnitude+finetune")(spec, params, data, 0.8)
+    refit = baseline("pruning", "magnitude+refit")(spec, params, data, 0.8)
     for i in range(3):
         member = jax.tree.map(lambda leaf: leaf[i], pruned.params)
         assert requirements.sparsity(spec, member) == pytest.approx(0.8, abs=0.01)
-        tuned_member = jax.tree.map(lambda leaf: leaf[i], tuned.params)
-        assert requirements.sparsity(spec, tuned_member) >= requirements.sparsity(spec, member) - 1e-9
+        for result in (tuned, refit):
+            kept = jax.tree.map(lambda leaf: leaf[i], result.params)
+            assert requirements.sparsity(spec, kept) >= requirements.sparsity(spec, member) - 1e-9
     accuracy = lambda r: (r.predictions == data.y_test[None]).mean()  # noqa: E731
     assert accuracy(tuned) >= accuracy(pruned) - 0.02
+    agree = lambda r: (r.predictions == baseline("pruning", "magnitude")(spec, params, data, 0.0).predictions).mean()  # noqa: E731
+    assert agree(refit) > agree(pruned)  # the refit brings the pruned networks back towards the originals
     assert pruned.seconds_per_edit > 0 and pruned.predictions.shape == (3, len(data.y_test))
 
 

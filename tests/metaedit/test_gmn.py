@@ -83,7 +83,8 @@ def test_hard_masks_are_exact_and_input_masks_remove_features():
     raw = gmn.predict_edit(editor, MLP, params, CONDITION)
     topo = graphs.topology(MLP)
     node_keep = np.asarray(raw.node_logit) > 0
-    edge_keep = (np.asarray(raw.edge_logit) > 0) & node_keep[topo.senders]
+    assert raw.edge_logit.shape == (topo.num_edges, 1)
+    edge_keep = (np.asarray(raw.edge_logit)[:, 0] > 0) & node_keep[topo.senders]
     assert 0 < edge_keep.mean() < 1  # the test sees both kept and removed weights
     edited = gmn.edit(editor, MLP, params, CONDITION)
     weights = np.asarray(graphs.params_to_graph(MLP, edited).edges["weight"][:, 0])
@@ -97,8 +98,21 @@ def test_hard_masks_are_exact_and_input_masks_remove_features():
         soft_edit = gmn.apply_edit(MLP, params, raw._replace(edge_logit=logits), hard=False)
         return sum(layer["kernel"].sum() for layer in soft_edit.values())
 
-    grad = np.asarray(jax.grad(kernel_total)(raw.edge_logit))
+    grad = np.asarray(jax.grad(kernel_total)(raw.edge_logit))[:, 0]
     assert (grad[node_keep[topo.senders]] != 0).all() and (grad[~node_keep[topo.senders]] == 0).all()
+
+
+def test_a_conv_edge_keeps_or_removes_each_of_its_taps():
+    editor = active_editor([CNN], seed=7)
+    params = with_random_biases(CNN, jax.random.key(8))
+    raw = gmn.predict_edit(editor, CNN, params, CONDITION)
+    topo = graphs.topology(CNN)
+    assert raw.edge_logit.shape == (topo.num_edges, editor.config.edge_dim)
+    keep = (np.asarray(raw.edge_logit) > 0) & (np.asarray(raw.node_logit) > 0)[topo.senders][:, None]
+    weights = np.asarray(graphs.params_to_graph(CNN, gmn.edit(editor, CNN, params, CONDITION)).edges["weight"])
+    assert (weights[~keep] == 0).all() and (weights[keep] != 0).all()
+    partly = keep.any(1) & ~keep.all(1)
+    assert partly.any()  # some edges keep part of their taps
 
 
 def test_whole_zoo_is_edited_in_one_compile():
@@ -148,3 +162,39 @@ def test_bad_inputs_are_named():
     nan = {**params, "dense_2": {**params["dense_2"], "bias": params["dense_2"]["bias"].at[0].set(jnp.nan)}}
     with pytest.raises(nets.SpecError, match="dense_2/bias holds NaN"):
         gmn.edit(editor, MLP, nan, CONDITION)
+
+
+def _with_magnitude_head(editor, seed):
+    """The editor with a random (non-zero) magnitude head, so that the magnitude term shows."""
+    def fill(path, v):
+        if "magnitude_head" in jax.tree_util.keystr(path):
+            return 3.0 * jax.random.normal(jax.random.key(seed), v.shape)
+        return v
+    return dataclasses.replace(editor, variables=jax.tree_util.tree_map_with_path(fill, editor.variables))
+
+
+def test_the_magnitude_term_is_standardised_per_network_and_keeps_both_layouts_and_equivariance():
+    weight = jnp.array([[0.5, 0.0], [2.0, 0.0], [0.1, 0.3], [4.0, 1.0], [0.0, 0.0]])
+    ids = jnp.array([0, 0, 0, 1, 1])
+    z = np.asarray(gmn._standard_log_magnitude(weight, ids, 2))
+    assert (z[np.asarray(weight) == 0] == 0).all()
+    first = z[:3][np.asarray(weight[:3]) != 0]
+    assert abs(first.mean()) < 1e-5 and abs(first.std() - 1) < 1e-3
+    specs = [MLP, CNN]
+    config = GMNConfig.for_specs(specs, hidden=16, layers=2, init_scale=1.0, keep_bias=4.0, head_init=0.3,
+                                 magnitude=True)
+    plain = gmn.init_editor(config, jax.random.key(0))
+    editor = _with_magnitude_head(plain, 1)
+    params = [with_random_biases(s, jax.random.key(i)) for i, s in enumerate(specs)]
+    conditions = jnp.array([[0.5, 0.5], [0.9, 0.1]])
+    for spec, p, c, e in zip(specs, params, conditions, gmn.edit_batch(editor, graphs.batch_graphs(specs, params),
+                                                                       conditions)):
+        assert_trees_close(e, gmn.edit(editor, spec, p, c), atol=1e-5)  # gathers and dense blocks agree
+        masks = lambda ed: [np.asarray(layer["kernel"]) == 0 for layer in ed.values()]  # noqa: E731
+        changed = [a != b for a, b in zip(masks(gmn.edit(editor, spec, p, c)), masks(gmn.edit(plain, spec, p, c)))]
+        assert any(m.any() for m in changed)  # the term moves masks, so these checks can fail
+    permuted, _ = permute_hidden(CNN, params[1], np.random.default_rng(0))
+    assert_trees_close(gmn.edit(editor, CNN, permuted, CONDITION),
+                       permute_hidden(CNN, gmn.edit(editor, CNN, params[1], CONDITION), np.random.default_rng(0))[0])
+    identity = gmn.edit(editor, CNN, params[1], jnp.array([0.0, 0.5]))  # lambda 0: no mask at all
+    assert all((np.asarray(layer["kernel"]) != 0).all() for layer in identity.values())

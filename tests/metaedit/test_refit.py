@@ -94,9 +94,36 @@ def test_a_refit_recovers_what_pruning_lost_and_keeps_the_sparsity():
 
 
 def test_where_a_refit_is_refused():
-    spec = nets.MLPSpec((6,), (4,), 2)
-    assert compare.refit_reason(spec, requirements.PRUNING) is None
-    assert "not met by removing weights" in compare.refit_reason(spec, requirements.get("fairness", (), 2))
-    assert "needs an MLP" in compare.refit_reason(nets.parse_arch("cnn:4", (8, 8, 1), 2), requirements.PRUNING)
-    with pytest.raises(ValueError, match="needs an MLP"):
-        refit.refit_edits(nets.parse_arch("cnn:4", (8, 8, 1), 2), {}, {}, _data())
+    assert compare.refit_reason(requirements.PRUNING) is None
+    assert "not met by removing weights" in compare.refit_reason(requirements.get("fairness", (), 2))
+
+
+def _windows(h, size, same):
+    """numpy im2col by loops: [n * positions, size * size * c] in (row offset, column offset, channel) order."""
+    if same:
+        pad = (size - 1) // 2
+        h = np.pad(h, ((0, 0), (pad, size - 1 - pad), (pad, size - 1 - pad), (0, 0)))
+    rows, cols = h.shape[1] - size + 1, h.shape[2] - size + 1
+    return np.stack([h[:, i:i + size, j:j + size, :].reshape(len(h), -1) for i in range(rows) for j in range(cols)],
+                    1).reshape(-1, size * size * h.shape[-1])
+
+
+def test_a_cnn_convolution_is_refit_on_its_input_windows_and_keeps_its_zeros():
+    spec = nets.parse_arch("cnn:3,4/k3/valid,same", (6, 6, 2), 3)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(40, 6, 6, 2)).astype(np.float32))
+    original = nets.init(spec, jax.random.key(2), scale=1.5)
+    edited = jax.tree.map(lambda leaf: jnp.where(jnp.abs(leaf) > jnp.quantile(jnp.abs(leaf), 0.5), leaf, 0.0)
+                          if leaf.ndim > 1 else leaf, original)
+    result = refit.refit(spec, original, edited, x, start=0, masked=True)
+    kernel0 = np.asarray(original["conv_0"]["kernel"], np.float64)
+    windows = _windows(np.asarray(x, np.float64), 3, same=False)
+    first = _expected(windows, windows @ kernel0.reshape(-1, 3) + np.asarray(original["conv_0"]["bias"]),
+                      np.asarray(edited["conv_0"]["kernel"]).reshape(-1, 3))
+    np.testing.assert_allclose(np.asarray(result["conv_0"]["kernel"]).reshape(-1, 3), first[:-1], rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(result["conv_0"]["bias"], first[-1], rtol=2e-3, atol=2e-4)
+    for name in ("conv_0", "conv_1", "dense_0"):
+        zeros = np.asarray(edited[name]["kernel"]) == 0
+        assert zeros.any() and (np.asarray(result[name]["kernel"])[zeros] == 0).all()
+    agree = lambda p: float((nets.apply(spec, p, x).argmax(-1) == nets.apply(spec, original, x).argmax(-1)).mean())  # noqa: E731
+    assert agree(result) >= agree(edited)
