@@ -95,10 +95,15 @@ def _conv(padding: str):
         if not kernel_batched:  # fold the mapped axis into the batch; an outer vmap may batch the kernel
             y = value(x.reshape((-1,) + x.shape[2:]), kernel)
             return y.reshape(x.shape[:2] + y.shape[1:]), True
-        if not x_batched:
-            x = jnp.broadcast_to(x, (axis_size,) + x.shape)
+        # the backend, not the device of this computation, decides (a CPU computation on a GPU host
+        # keeps XLA's grouped convolution): a matter of speed only, both forms are the same function
         if jax.default_backend() != "cpu":
+            if not x_batched:
+                x = jnp.broadcast_to(x, (axis_size,) + x.shape)
             return jax.vmap(functools.partial(xla_conv, padding=padding))(x, kernel), True
+        flat = kernel.reshape(axis_size, -1, kernel.shape[-1])  # [P, prod(window) * c_in, c_out]
+        if not x_batched:  # one input for every network: its windows once
+            return jnp.einsum("...k,pko->p...o", patches(x, kernel.shape[1:-2], padding), flat), True
         return jax.vmap(functools.partial(sliced_conv, padding=padding))(x, kernel), True
 
     @jax.custom_jvp

@@ -33,7 +33,9 @@ from metaedit.probe import stratified_batch
 from metaedit.requirements import Requirement
 from metaedit.training import Batch, TrainState
 
-EDITOR_FORMAT = "metaedit-editor/3"  # /1, /2: earlier metanetworks and checkpoint trees, no longer read
+EDITOR_FORMAT = "metaedit-editor/4"  # /1, /2: earlier metanetworks and checkpoint trees, no longer read
+# /3: one keep-logit per edge; the same parameters and edits as /4 where every edge has one weight (MLPs)
+READABLE_OLDER = "metaedit-editor/3"
 
 
 class EditorTrainingError(ValueError):
@@ -310,7 +312,8 @@ def load_editor(workdir: str | Path) -> tuple[gmn.Editor, dict]:
     """The editor kept by a finished :func:`train_editor` run (``keep``: the last or the best
     validated; its probe batch included), and its record."""
     step, record = checkpoint.read_record(workdir)
-    if record.get("format") != EDITOR_FORMAT:
+    same_edits = record.get("format") == READABLE_OLDER and record.get("gmn", {}).get("edge_dim") == 1
+    if record.get("format") != EDITOR_FORMAT and not same_edits:
         found = record.get("format")
         raise checkpoint.CheckpointError(
             f"{workdir} holds an editor of format {found!r}, written by an earlier version; this version reads "

@@ -13,4 +13,5 @@ def get_config() -> compliance.Config:
         title="Pruning digits CNNs (cnn:16,32) to sparsity 0.9", dataset="digits", arch="cnn:16,32",
         zoo=ZooConfig(members=256, epochs=20, batch_size=32, seed=0),
         editor=EditorTrainConfig(requirement="pruning", keep="best", magnitude=True),
-        strengths=(("magnitude", SPARSITIES), ("magnitude+finetune", SPARSITIES)), out="results/pruning_cnn")
+        strengths=(("magnitude", SPARSITIES), ("magnitude+finetune", SPARSITIES), ("magnitude+refit", SPARSITIES)),
+        out="results/pruning_cnn")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metaedit import baselines, editor, gmn, nets, requirements, zoo
+from metaedit import baselines, checkpoint, editor, gmn, nets, requirements, zoo
 from metaedit.editor import EditorTrainConfig, EditorTrainingError
 from metaedit.requirements import Batch, RequirementError
 
@@ -59,6 +59,32 @@ def test_resumed_training_equals_uninterrupted_and_keeps_the_best_validated_edit
     rows = jax.tree.map(lambda a: a[: config.data_batch], baselines.split_batch(breast_cancer, "train"))
     kept = editor.evaluation_loss(loaded, spec, requirements.get("pruning"), held_out, rows, 0.5, 0.9)
     assert kept["loss"] == pytest.approx(min(logged), rel=1e-4)
+
+
+def _as_older_format(monkeypatch, edge_dim):
+    """Editor records read as if written in format /3 with this edge width."""
+    real = checkpoint.read_record
+
+    def read(directory, step=None):
+        found, record = real(directory, step)
+        return found, {**record, "format": editor.READABLE_OLDER, "gmn": {**record["gmn"], "edge_dim": edge_dim}}
+    monkeypatch.setattr(checkpoint, "read_record", read)
+
+
+def test_an_older_editor_is_read_only_where_its_edits_are_unchanged(pool, breast_cancer, tmp_path, monkeypatch):
+    spec, params = pool
+    config = EditorTrainConfig(**{**TINY.__dict__, "steps": 10, "chunk_steps": 10})
+    editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "run", progress=False)
+    current, _ = editor.load_editor(tmp_path / "run")
+    with monkeypatch.context() as patched:
+        _as_older_format(patched, edge_dim=1)  # one weight per edge (MLPs): the same parameters and edits
+        older, _ = editor.load_editor(tmp_path / "run")
+    for a, b in zip(jax.tree.leaves(current.variables), jax.tree.leaves(older.variables)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with monkeypatch.context() as patched:
+        _as_older_format(patched, edge_dim=9)  # conv taps: one keep-logit per edge then, per tap now
+        with pytest.raises(checkpoint.CheckpointError, match="earlier version.*train it again"):
+            editor.load_editor(tmp_path / "run")
 
 
 def test_bad_inputs(pool, breast_cancer):
