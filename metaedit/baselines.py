@@ -114,13 +114,18 @@ def predict(spec: nets.Spec, params: nets.Params, x: Any) -> np.ndarray:
     return np.asarray(_predictions(spec, params, jnp.asarray(x)))
 
 
-def timed(spec: nets.Spec, params: nets.Params, dataset: Dataset, make: Callable[[], nets.Params]) -> BaselineResult:
-    """Runs ``make()`` once to compile (and waits for it: JAX dispatches asynchronously), then times a
-    second, warm run; predictions on the test split."""
-    jax.block_until_ready(make())
+def warm_seconds(run: Callable[[], Any], networks: int) -> tuple[Any, float]:
+    """Runs ``run()`` once to compile (and waits for it: JAX dispatches asynchronously), then times a
+    second, warm run: (its result, seconds per network of ``networks``)."""
+    jax.block_until_ready(run())
     started = time.perf_counter()
-    edited = jax.block_until_ready(make())
-    seconds = (time.perf_counter() - started) / nets.population_size(params)
+    result = jax.block_until_ready(run())
+    return result, (time.perf_counter() - started) / networks
+
+
+def timed(spec: nets.Spec, params: nets.Params, dataset: Dataset, make: Callable[[], nets.Params]) -> BaselineResult:
+    """``make()`` timed warm (:func:`warm_seconds`); predictions on the test split."""
+    edited, seconds = warm_seconds(make, nets.population_size(params))
     return BaselineResult(edited, predict(spec, edited, dataset.x_test), seconds)
 
 

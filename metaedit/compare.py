@@ -17,7 +17,6 @@ edit refit layer-wise to the original network on its own zeros (:mod:`metaedit.r
 from __future__ import annotations
 
 import functools
-import time
 from typing import NamedTuple, Sequence
 
 import jax
@@ -26,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from metaedit import calibrate, gmn, groupshift, imputation, nets, refit, requirements
-from metaedit.baselines import Baseline, BaselineResult, predict
+from metaedit.baselines import Baseline, BaselineResult, predict, warm_seconds
 from metaedit.datasets import Dataset
 from metaedit.editor import check_lambda, condition
 from metaedit.requirements import Minimisation, Requirement
@@ -79,10 +78,7 @@ def evaluate_editor(editor: gmn.Editor, spec: nets.Spec, requirement: Requiremen
     rows = []
     for lam in tqdm(lambdas, desc="editing", unit="lambda", disable=not progress):
         cond = condition(requirement, jnp.asarray(lam, jnp.float32), jnp.asarray(target, jnp.float32))
-        jax.block_until_ready(gmn.edit(editor, spec, params, cond))  # compile (and finish) outside the timing
-        started = time.perf_counter()
-        edited = jax.block_until_ready(gmn.edit(editor, spec, params, cond))
-        seconds = (time.perf_counter() - started) / nets.population_size(params)
+        edited, seconds = warm_seconds(lambda: gmn.edit(editor, spec, params, cond), nets.population_size(params))
         setting = f"lambda={float(lam)}"
         rows.append(_edit_row(held, "editor", setting, float(lam), edited, seconds)[0])
         if refitted and refit_reason(requirement) is None:

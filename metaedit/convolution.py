@@ -52,14 +52,21 @@ def xla_conv(x: jax.Array, kernel: jax.Array, padding: str = "SAME") -> jax.Arra
                                         dimension_numbers=numbers)
 
 
+def output_spatial(spatial: tuple[int, ...], window: tuple[int, ...], padding: str) -> tuple[int, ...]:
+    """The spatial shape of a stride-1 convolution's output: ``spatial`` ("SAME") or shrunk by
+    ``window - 1`` ("VALID"; either case)."""
+    if padding.upper() == "VALID":
+        return tuple(s - w + 1 for s, w in zip(spatial, window))
+    return tuple(spatial)
+
+
 def patches(x: jax.Array, window: tuple[int, ...], padding: str = "SAME") -> jax.Array:
     """[B, *spatial', prod(window) * c_in]: the input window at every output position of a stride-1
     convolution of x [B, *spatial, c_in], as shifted slices concatenated along the channels (in the
     order of a kernel's leading axes, so ``patches @ kernel.reshape(-1, c_out)`` is the convolution)."""
-    rank = len(window)
+    out = output_spatial(x.shape[1:-1], window, padding)
     if padding == "SAME":
         x = jnp.pad(x, [(0, 0)] + [((w - 1) // 2, w - 1 - (w - 1) // 2) for w in window] + [(0, 0)])
-    out = [x.shape[1 + i] - window[i] + 1 for i in range(rank)]
     slices = [x[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(offset, out)) + (slice(None),)]
               for offset in itertools.product(*(range(w) for w in window))]
     return jnp.concatenate(slices, axis=-1)
@@ -72,8 +79,7 @@ def sliced_conv(x: jax.Array, kernel: jax.Array, padding: str = "SAME") -> jax.A
 
 def _sliced_tangents(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], padding: str) -> bool:
     window = kernel_shape[:-2]
-    positions = math.prod(x_shape[1:-1]) if padding == "SAME" else math.prod(
-        s - w + 1 for s, w in zip(x_shape[1:-1], window))
+    positions = math.prod(output_spatial(x_shape[1:-1], window, padding))
     return jax.default_backend() == "cpu" and math.prod(window) * kernel_shape[-2] * positions <= SLICED_TANGENT_MAX
 
 

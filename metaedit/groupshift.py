@@ -31,7 +31,6 @@ runs batched over a population under one ``jit``.
 from __future__ import annotations
 
 import functools
-import time
 from typing import NamedTuple
 
 import jax
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaedit import nets
+from metaedit.baselines import warm_seconds
 from metaedit.datasets import Dataset
 from metaedit.probe import cell_shares
 from metaedit.requirements import EqualisedOdds, Gap, Requirement
@@ -235,8 +235,5 @@ def edit(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset
     bound = jnp.asarray(max(target - margin, 0.0), jnp.float32)
     params = jax.tree.map(jnp.asarray, params)
     run = functools.partial(_edit_all, spec, requirement, params, rows, columns, weights, bound, candidates)
-    jax.block_until_ready(run())  # compile
-    started = time.perf_counter()
-    edited, shifts, found, value = jax.block_until_ready(run())
-    seconds = (time.perf_counter() - started) / nets.population_size(params)
+    (edited, shifts, found, value), seconds = warm_seconds(run, nets.population_size(params))
     return GroupShifted(edited, np.asarray(shifts), np.asarray(found), np.asarray(value), seconds)

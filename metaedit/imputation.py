@@ -32,7 +32,6 @@ Hand-written (no library folds imputation into weights); in JAX and batched over
 from __future__ import annotations
 
 import functools
-import time
 from typing import NamedTuple
 
 import jax
@@ -40,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaedit import nets, refit
+from metaedit.baselines import warm_seconds
 from metaedit.datasets import Dataset
 from metaedit.requirements import Minimisation, Requirement
 from metaedit.requirements.minimisation import read_mask
@@ -229,7 +229,5 @@ def edit(spec: nets.Spec, requirement: Requirement, params: nets.Params, dataset
         dropping = jnp.asarray((kept != read).any(1))
         return apply_transform(spec, params, change, columns, dropping, stats, x), kept
 
-    jax.block_until_ready(run())  # compile
-    started = time.perf_counter()
-    edited, kept = jax.block_until_ready(run())
-    return Imputed(edited, kept, (time.perf_counter() - started) / nets.population_size(params))
+    (edited, kept), seconds = warm_seconds(run, nets.population_size(params))
+    return Imputed(edited, kept, seconds)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaedit.convolution import conv
+from metaedit.convolution import conv, output_spatial
 
 Params = dict[str, dict[str, Any]]
 
@@ -105,9 +105,8 @@ class CNNSpec:
     def feature_shape(self) -> tuple[int, ...]:
         """The last feature map of one example, ``(*spatial, channels[-1])``."""
         spatial = tuple(self.input_shape[:-1])
-        for p in self.paddings:
-            if p == "valid":
-                spatial = tuple(d - self.kernel_size + 1 for d in spatial)
+        for padding in self.paddings:
+            spatial = output_spatial(spatial, (self.kernel_size,) * len(spatial), padding)
         return spatial + (self.channels[-1],)
 
     @property
@@ -213,8 +212,9 @@ def init(spec: Spec, key: jax.Array, scale: float | jax.Array = 1.0) -> Params:
     return params
 
 
-def apply(spec: Spec, params: Params, x: jax.Array) -> jax.Array:
-    """Logits [B, num_classes] for inputs x [B, *spec.input_shape]."""
+def apply(spec: Spec, params: Params, x: jax.Array, convolve=conv) -> jax.Array:
+    """Logits [B, num_classes] for inputs x [B, *spec.input_shape]; a CNN's convolutions by ``convolve``
+    (default :func:`metaedit.convolution.conv`; a benchmark compares others)."""
     if tuple(x.shape[1:]) != tuple(spec.input_shape):
         raise SpecError(
             f"inputs have shape {tuple(x.shape)}; the network takes [batch, *{tuple(spec.input_shape)}]"
@@ -223,7 +223,7 @@ def apply(spec: Spec, params: Params, x: jax.Array) -> jax.Array:
     if isinstance(spec, MLPSpec):
         return mlp_forward(spec, params, x)[1]
     head = params[all_layers[-1].name]
-    return features(spec, params, x) @ head["kernel"] + head["bias"]
+    return features(spec, params, x, convolve) @ head["kernel"] + head["bias"]
 
 
 def mlp_forward(spec: "MLPSpec", params: Params, h: jax.Array, start: int = 0) -> tuple[list[jax.Array], jax.Array]:
@@ -278,22 +278,22 @@ def rescale(spec: Spec, params: Params, key: jax.Array, spread: float | jax.Arra
     return out
 
 
-def features(spec: "CNNSpec", params: Params, x: jax.Array) -> jax.Array:
+def features(spec: "CNNSpec", params: Params, x: jax.Array, convolve=conv) -> jax.Array:
     """A CNN's features [B, spec.head_inputs] (pooled or flattened): what its linear head reads."""
     if not isinstance(spec, CNNSpec):
         raise SpecError(f"features are defined for CNNs; got {describe(spec)}")
     h = x
     for layer in layers(spec)[:-1]:
-        h = jax.nn.relu(linear_map(layer)(h, params[layer.name]["kernel"]) + params[layer.name]["bias"])
+        h = jax.nn.relu(linear_map(layer, convolve)(h, params[layer.name]["kernel"]) + params[layer.name]["bias"])
     return head_input(spec, h)
 
 
-def linear_map(layer: Layer):
-    """The layer's linear map ``(h, kernel) -> h * kernel``: a matrix product (dense) or :func:`conv`
-    with the layer's padding."""
+def linear_map(layer: Layer, convolve=conv):
+    """The layer's linear map ``(h, kernel) -> h * kernel``: a matrix product (dense) or ``convolve``
+    (default :func:`conv`) with the layer's padding."""
     if layer.kind == "dense":
         return lambda h, kernel: h @ kernel
-    return functools.partial(conv, padding=layer.padding)
+    return functools.partial(convolve, padding=layer.padding)
 
 
 def check_fits(spec: Spec, input_shape: tuple[int, ...], outputs: int, where: str,

@@ -23,14 +23,14 @@ batched over a population.
 from __future__ import annotations
 
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from metaedit import nets
-from metaedit.convolution import patches
+from metaedit.baselines import warm_seconds
+from metaedit.convolution import output_spatial, patches
 from metaedit.datasets import Dataset
 
 ROWS = 2048  # training rows the layers are refit on
@@ -39,20 +39,18 @@ RIDGE = 1e-4  # of the mean squared activation, on each layer's normal equations
 
 def rows_for(spec: nets.Spec, rows: int = ROWS) -> int:
     """How many training rows a refit of ``spec`` uses: ``rows`` for an MLP; for a CNN, fewer (at least
-    256) so that rows x output positions of its largest feature map stays near ``rows * 16``."""
+    256) so that rows x output positions of its largest feature map (the first convolution's: stride-1
+    maps never grow) stays near ``rows * 16``."""
     if not isinstance(spec, nets.CNNSpec):
         return rows
-    positions = max(int(np.prod(layer_positions)) for layer_positions in _positions(spec))
+    first = nets.layers(spec)[0]
+    positions = int(np.prod(output_spatial(spec.input_shape[:-1], first.kernel_shape[:-2], first.padding)))
     return int(min(rows, max(256, rows * 16 // positions)))
 
 
-def _positions(spec: nets.CNNSpec) -> list[tuple[int, ...]]:
-    shapes, spatial = [], tuple(spec.input_shape[:-1])
-    for layer in nets.layers(spec)[:-1]:
-        if layer.padding == "VALID":
-            spatial = tuple(s - w + 1 for s, w in zip(spatial, layer.kernel_shape[:-2]))
-        shapes.append(spatial)
-    return shapes
+def spec_rows(spec: nets.Spec, dataset: Dataset) -> jax.Array:
+    """[n, *input_shape] the training rows a refit of ``spec`` uses (:func:`rows_for`, seeded)."""
+    return training_rows(dataset, rows_for(spec))
 
 
 def training_rows(dataset: Dataset, rows: int = ROWS, seed: int = 0) -> jax.Array:
@@ -130,10 +128,6 @@ def refit_edits(spec: nets.Spec, original: nets.Params, edited: nets.Params, dat
     """Every edited network of ``edited`` [P, ...] refit, all layers, to its original in ``original``
     [P, ...] on :func:`rows_for` training rows, the first ``masked_layers`` layers (None: all) on their own
     zero pattern: (the refit networks, warm seconds per network; one call compiles first)."""
-    x = training_rows(dataset, rows_for(spec))
-    run = functools.partial(refit_population, spec, jax.tree.map(jnp.asarray, original), jax.tree.map(jnp.asarray, edited), x,
-                            masked_layers)
-    jax.block_until_ready(run())  # compile
-    started = time.perf_counter()
-    result = jax.block_until_ready(run())
-    return result, (time.perf_counter() - started) / nets.population_size(edited)
+    run = functools.partial(refit_population, spec, jax.tree.map(jnp.asarray, original), jax.tree.map(jnp.asarray, edited),
+                            spec_rows(spec, dataset), masked_layers)
+    return warm_seconds(run, nets.population_size(edited))

@@ -34,18 +34,8 @@ from metaedit import convolution, nets
 IMPLS = {"xla": convolution.xla_conv, "sliced": convolution.sliced_conv, "chosen": convolution.conv}
 
 
-def forward(spec: nets.CNNSpec, params: nets.Params, x: jax.Array, conv) -> jax.Array:
-    """Logits [B, C] of a CNN with ``conv`` as its convolution (the layers of :func:`nets.apply`)."""
-    all_layers = nets.layers(spec)
-    h = x
-    for layer in all_layers[:-1]:
-        h = jax.nn.relu(conv(h, params[layer.name]["kernel"], layer.padding) + params[layer.name]["bias"])
-    head = params[all_layers[-1].name]
-    return nets.head_input(spec, h) @ head["kernel"] + head["bias"]
-
-
 def _loss(spec, conv, params, x, y):
-    logits = forward(spec, params, x, conv)
+    logits = nets.apply(spec, params, x, convolve=conv)
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1).sum()
 
 

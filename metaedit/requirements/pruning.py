@@ -93,7 +93,7 @@ def magnitude(spec, params, dataset, sparsity, target=None, finetune_steps: int 
     on it, if asked)."""
     if refitted:
         params = jax.tree.map(jnp.asarray, params)
-        x = refit.training_rows(dataset, refit.rows_for(spec))
+        x = refit.spec_rows(spec, dataset)
         pruned = lambda: jax.tree.map(jnp.multiply, params, magnitude_masks(spec, params, float(sparsity)))  # noqa: E731
         return baselines.timed(spec, params, dataset, lambda: refit.refit_population(spec, params, pruned(), x))
     return baselines.masked(spec, params, dataset, lambda: magnitude_masks(spec, params, float(sparsity)),
