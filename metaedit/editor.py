@@ -73,14 +73,18 @@ class EditorTrainConfig:
     bilinear: int = option(0, "rank of the bilinear term of each weight's residual (0: none)")
     magnitude: bool = option(False, "add to each weight's keep-logit a learnt multiple of its standardised "
                              "log-magnitude (masks that can follow magnitudes, per conv tap)")
+    budget: bool = option(False, "pruning only: each edit removes exactly the share lambda * target of a network's "
+                                 "weights that score lowest (score: the keep-logit plus the standardised "
+                                 "log-magnitude), so it complies by construction and is trained on the JSD alone")
     rescale: float = option(1.0, "augment each training network by rescaling its hidden neurons (incoming "
                             "weights times c, outgoing divided by c; c log-uniform in [1/RESCALE, RESCALE]): "
                             "the same function with other weights (1: off)")
     monotone: float = option(0.0, "weight of the penalty on a front that is not monotone: each network is also "
                                   "edited at a larger lambda, whose smooth requirement value may not be worse")
     keep: str = option("last", "the editor kept with validation networks: 'last' (the final step) or 'best' (the "
-                               "chunk with the lowest validation loss at lambda 0.5; guards against a late unstable "
-                               "step, but that loss does not rank the whole front)", choices=("last", "best"))
+                               "chunk with the lowest validation loss at lambda 0.5, or 1 for a budgeted editor; guards "
+                               "against a late unstable step, but that loss does not rank the whole front)",
+                       choices=("last", "best"))
     seed: int = option(0, "seeds the editor's initialisation and the sampling of networks, rows and lambdas")
 
     def __post_init__(self):
@@ -164,7 +168,10 @@ def editing_loss(variables, probe: Batch | None, gmn_config: gmn.GMNConfig, spec
             moved = gmn.edit_one(editor, spec, p, c_later, hard=False)
             # every requirement's penalty is lower when more compliant
             worse = jax.nn.relu(requirement.penalty(spec, moved, measured) - requirement.penalty(spec, edited, measured))
-        loss = l * excess + (1 - l) * divergence + collapse_penalty * collapsing + monotone * worse
+        # a budgeted editor meets the target by construction: it learns to keep the function only
+        keeping = 1.0 if gmn_config.budget is not None else 1 - l
+        loss = l * excess * (gmn_config.budget is None) + keeping * divergence + collapse_penalty * collapsing \
+            + monotone * worse
         return loss, excess, divergence, collapsing, worse
 
     losses, excess, divergence, collapsing, worse = jax.vmap(one)(params, conditions, lam, target, later)
@@ -244,8 +251,9 @@ def train_editor(spec: nets.Spec | Sequence[nets.Spec], pool: nets.Params | Sequ
     whose record matches (``identity`` adds keys to match, e.g. the zoo). ``validation`` (stacked
     networks never trained on) adds their loss terms to every chunk's metrics; with
     ``config.keep`` "best" the editor returned (and loaded by :func:`load_editor`) is the one after
-    the chunk with the lowest validation loss (at lambda 0.5 and the default target), else the last. ``stop_after_chunks`` stops early
-    and returns None (a controlled interruption, for tests).
+    the chunk with the lowest validation loss (at lambda 0.5, 1 for a budgeted editor, and the
+    default target), else the last. ``stop_after_chunks`` stops early and returns None (a
+    controlled interruption, for tests).
     """
     specs = _as_tuple(spec, (nets.MLPSpec, nets.CNNSpec))
     pools = _as_tuple(pool, dict)
@@ -258,12 +266,15 @@ def train_editor(spec: nets.Spec | Sequence[nets.Spec], pool: nets.Params | Sequ
         raise EditorTrainingError("the architectures of one editor must read the same inputs; got input shapes "
                                   + ", ".join(str(s.input_shape) for s in specs))
     requirement = requirements.for_dataset(config.requirement, dataset)
+    if config.budget and not requirement.budget:
+        raise EditorTrainingError(f"--budget is for pruning; {requirement.name}'s target is not a share of weights")
     for s, p in zip(specs, pools):
         nets.validate_params(s, p, batch_dims=1)
         requirement.check(s, dataset)
     gmn_config = gmn.GMNConfig.for_specs(specs, hidden=config.hidden, edge_hidden=config.edge_hidden,
                                          layers=config.layers, bilinear=config.bilinear, magnitude=config.magnitude, probe_features=config.probe > 0,
-                                         num_groups=dataset.num_groups, masks=requirement.removes)
+                                         num_groups=dataset.num_groups, masks=requirement.removes,
+                                         budget=requirement.target_range if config.budget else None)
     data = baselines.split_batch(dataset, "train")
     probe = stratified_batch(dataset, config.probe, config.seed) if config.probe else None
     measured = stratified_batch(dataset, config.requirement_rows, config.seed) if requirement.whole_split else None
@@ -285,11 +296,12 @@ def train_editor(spec: nets.Spec | Sequence[nets.Spec], pool: nets.Params | Sequ
     if validations is not None:
         rows = jax.tree.map(lambda a: a[: config.data_batch], data)
         target = requirement.default_target()
+        validation_lambda = 1.0 if config.budget else 0.5  # a budgeted editor's lambda 1 is the target itself
 
         def advance(state):
             state, metrics = chunk(state)
             editor_now = gmn.Editor(gmn_config, state.params, probe)
-            terms = [evaluation_loss(editor_now, s, requirement, v, rows, 0.5, target)
+            terms = [evaluation_loss(editor_now, s, requirement, v, rows, validation_lambda, target)
                      for s, v in zip(specs, validations)]
             mean = {k: sum(t[k] for t in terms) / len(terms) for k in terms[0]}
             if config.keep == "last" or (math.isfinite(mean["loss"]) and mean["loss"] < float(best["loss"])):

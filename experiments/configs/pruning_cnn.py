@@ -1,5 +1,6 @@
-"""Pruning digits CNNs (cnn:16,32) to sparsity 0.9: one editor (with and without the layer-wise refit)
-against magnitude pruning with and without fine-tuning."""
+"""Pruning digits CNNs (cnn:16,32) to sparsity 0.9: one budgeted editor (it removes lambda * target of each
+network's weights; with and without the layer-wise refit) against magnitude pruning alone, with
+fine-tuning and with the refit."""
 
 from experiments import compliance
 from metaedit.editor import EditorTrainConfig
@@ -12,6 +13,6 @@ def get_config() -> compliance.Config:
     return compliance.Config(
         title="Pruning digits CNNs (cnn:16,32) to sparsity 0.9", dataset="digits", arch="cnn:16,32",
         zoo=ZooConfig(members=256, epochs=20, batch_size=32, seed=0),
-        editor=EditorTrainConfig(requirement="pruning", keep="best", magnitude=True),
+        editor=EditorTrainConfig(requirement="pruning", keep="best", magnitude=True, budget=True),
         strengths=(("magnitude", SPARSITIES), ("magnitude+finetune", SPARSITIES), ("magnitude+refit", SPARSITIES)),
         out="results/pruning_cnn")

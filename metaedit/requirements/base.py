@@ -48,6 +48,7 @@ class Requirement(abc.ABC):
     whole_split: ClassVar[bool] = False
     safety_margin: ClassVar[float] = 0.0
     removes: ClassVar[bool] = True  # whether an edit may remove weights and neurons to meet it
+    budget: ClassVar[bool] = False  # whether the target is a share of weights to remove (a budgeted editor)
 
     @abc.abstractmethod
     def exact(self, spec: nets.Spec, params: nets.Params, batch: Batch | None) -> jax.Array:

@@ -50,6 +50,7 @@ class Pruning(Requirement):
     description = "fraction of zero kernel weights; compliant when >= s"
     target_range = (0.5, 0.99)
     higher_is_compliant = True
+    budget = True
 
     def exact(self, spec, params, batch=None) -> jax.Array:
         kernels = _kernels(spec, params)

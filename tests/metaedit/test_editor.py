@@ -106,6 +106,9 @@ def test_bad_inputs(pool, breast_cancer):
                             progress=False)
     with pytest.raises(EditorTrainingError, match="rescale must be >= 1"):
         EditorTrainConfig(rescale=0.5)
+    with pytest.raises(EditorTrainingError, match="--budget is for pruning"):
+        editor.train_editor(spec, params, breast_cancer, EditorTrainConfig(requirement="minimisation", budget=True),
+                            progress=False)
 
 
 def test_monotone_penalty_compares_the_edit_with_a_larger_lambda(pool, breast_cancer):
@@ -126,3 +129,22 @@ def test_monotone_penalty_compares_the_edit_with_a_larger_lambda(pool, breast_ca
     expected = np.mean([max(float(value(jax.tree.map(lambda a, i=i: a[i], params), 0.8))
                             - float(value(jax.tree.map(lambda a, i=i: a[i], params), 0.3)), 0.0) for i in range(6)])
     assert expected > 0 and float(metrics["nonmonotone"]) == pytest.approx(expected, rel=1e-4, abs=1e-7)
+
+
+def test_a_budgeted_editor_trains_on_the_divergence_alone_and_meets_the_budget(pool, breast_cancer, tmp_path):
+    spec, params = pool
+    requirement, batch = requirements.get("pruning"), fixed_batch(breast_cancer)
+    config = EditorTrainConfig(**{**TINY.__dict__, "budget": True})
+    untrained = gmn.init_editor(gmn.GMNConfig.for_specs([spec], hidden=16, layers=2, budget=requirement.target_range),
+                                jax.random.key(0))
+    before = editor.evaluation_loss(untrained, spec, requirement, params, batch, 1.0, 0.9)
+    assert before["loss"] == pytest.approx(before["jsd"] + TINY.collapse_penalty * before["collapse"], rel=1e-5)
+    trained = editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "run", progress=False)
+    loaded, record = editor.load_editor(tmp_path / "run")
+    assert loaded.config.budget == requirement.target_range and record["config"]["budget"] is True
+    after = editor.evaluation_loss(trained, spec, requirement, params, batch, 1.0, 0.9)
+    assert after["jsd"] < 0.8 * before["jsd"]  # it learns which weights to keep (and how to repair them)
+    edited = gmn.edit(loaded, spec, params, editor.condition(requirement, jnp.float32(1.0), jnp.float32(0.9)))
+    for i in range(nets.population_size(params)):
+        member = jax.tree.map(lambda leaf, i=i: leaf[i], edited)
+        assert requirement.measure(spec, member, None) >= 0.9  # compliant by construction

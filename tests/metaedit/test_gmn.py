@@ -198,3 +198,51 @@ def test_the_magnitude_term_is_standardised_per_network_and_keeps_both_layouts_a
                        permute_hidden(CNN, gmn.edit(editor, CNN, params[1], CONDITION), np.random.default_rng(0))[0])
     identity = gmn.edit(editor, CNN, params[1], jnp.array([0.0, 0.5]))  # lambda 0: no mask at all
     assert all((np.asarray(layer["kernel"]) != 0).all() for layer in identity.values())
+
+
+def test_budget_threshold_counts_real_entries_per_graph():
+    score = jnp.array([[3.0, 9.0], [1.0, 9.0], [2.0, 9.0], [5.0, 5.0], [0.5, 9.0]])
+    real = jnp.array([[1, 0], [1, 0], [1, 0], [1, 1], [1, 0]])
+    ids = jnp.array([0, 0, 0, 1, 1])
+    # graph 0: real scores 3, 1, 2; half of 3 rounds up to 2 removed (1 and 2). Graph 1: 5, 5, 0.5, a
+    # third of 3 is 1 removed (0.5); a padded entry (score 9) is never counted
+    np.testing.assert_array_equal(gmn.budget_threshold(score, real, ids, jnp.array([0.5, 1 / 3])), [2.0, 0.5])
+    assert np.isneginf(np.asarray(gmn.budget_threshold(score, real, ids, jnp.array([0.0, 0.0])))).all()
+    # a tie at the threshold is removed whole: at least the asked share goes
+    np.testing.assert_array_equal(gmn.budget_threshold(score, real, ids, jnp.array([1.0, 0.5])), [3.0, 5.0])
+    # random scores of both signs in three graphs: numpy's sort gives the same k-th smallest value
+    rng = np.random.default_rng(0)
+    score = rng.normal(0, 3, (60, 4)).astype(np.float32)
+    real = rng.random((60, 4)) < 0.7
+    ids = np.repeat(np.arange(3), 20)
+    fraction = np.array([0.05, 0.5, 0.99], np.float32)
+    found = np.asarray(gmn.budget_threshold(jnp.asarray(score), jnp.asarray(real), jnp.asarray(ids), jnp.asarray(fraction)))
+    for g in range(3):
+        values = np.sort(score[ids == g][real[ids == g]])
+        assert found[g] == values[int(np.ceil(fraction[g] * values.size - 1e-6)) - 1]
+
+
+@pytest.mark.parametrize("spec", [MLP, CNN], ids=nets.describe)
+def test_a_budgeted_editor_removes_lambda_times_target_and_starts_as_magnitude_pruning(spec):
+    low, high = 0.5, 0.99
+    config = GMNConfig.for_specs([MLP, CNN], hidden=16, layers=2, budget=(low, high))
+    editor = gmn.init_editor(config, jax.random.key(0))
+    params = with_random_biases(spec, jax.random.key(4))
+    kernels = lambda p: np.concatenate([np.asarray(l["kernel"]).ravel() for l in p.values()])  # noqa: E731
+    total = kernels(params).size
+    for lam, target in [(1.0, 0.9), (0.5, 0.8), (0.0, 0.9), (1.0, 0.5)]:
+        condition = jnp.array([lam, (target - low) / (high - low)])
+        edited = kernels(gmn.edit(editor, spec, params, condition))
+        removed = (edited == 0).sum()
+        assert removed == int(np.ceil(lam * target * total - 1e-6))  # exactly the budget, no neuron removed
+        if lam:  # at initialisation the scores are the magnitudes (the heads add little): mostly the same cut
+            by_magnitude = np.abs(kernels(params)) > np.sort(np.abs(kernels(params)))[removed - 1]
+            assert ((edited != 0) == by_magnitude).mean() > 0.9
+    # the same edits from a padded batch of both architectures (per-graph budgets in one sort)
+    other = with_random_biases(MLP if spec is CNN else CNN, jax.random.key(5))
+    conditions = jnp.array([[1.0, 0.8], [0.6, 0.3]])
+    batch = graphs.batch_graphs([spec, MLP if spec is CNN else CNN], [params, other])
+    for s, p, c, e in zip(batch.specs, [params, other], conditions, gmn.edit_batch(editor, batch, conditions)):
+        assert_trees_close(e, gmn.edit(editor, s, p, c), atol=1e-5)
+    with pytest.raises(EditorError, match="budget must be a target range"):
+        GMNConfig.for_specs([MLP], budget=(0.9, 0.5))
