@@ -139,11 +139,11 @@ def test_a_budgeted_editor_trains_on_the_divergence_alone_and_meets_the_budget(p
                                 jax.random.key(0))
     before = editor.evaluation_loss(untrained, spec, requirement, params, batch, 1.0, 0.9)
     assert before["loss"] == pytest.approx(before["jsd"] + TINY.collapse_penalty * before["collapse"], rel=1e-5)
-    trained = editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "run", progress=False)
+    editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "run", progress=False)
     loaded, record = editor.load_editor(tmp_path / "run")
     assert loaded.config.budget == requirement.target_range and record["config"]["budget"] is True
-    after = editor.evaluation_loss(trained, spec, requirement, params, batch, 1.0, 0.9)
-    assert after["jsd"] < 0.8 * before["jsd"]  # it learns which weights to keep (and how to repair them)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.8 * losses[0]  # the divergence over sampled lambdas and targets falls as it trains
     edited = gmn.edit(loaded, spec, params, editor.condition(requirement, jnp.float32(1.0), jnp.float32(0.9)))
     for i in range(nets.population_size(params)):
         member = jax.tree.map(lambda leaf, i=i: leaf[i], edited)
