@@ -169,9 +169,8 @@ def editing_loss(variables, probe: Batch | None, gmn_config: gmn.GMNConfig, spec
             # every requirement's penalty is lower when more compliant
             worse = jax.nn.relu(requirement.penalty(spec, moved, measured) - requirement.penalty(spec, edited, measured))
         # a budgeted editor meets the target by construction: it learns to keep the function only
-        keeping = 1.0 if gmn_config.budget is not None else 1 - l
-        loss = l * excess * (gmn_config.budget is None) + keeping * divergence + collapse_penalty * collapsing \
-            + monotone * worse
+        trade_off = divergence if gmn_config.budget is not None else l * excess + (1 - l) * divergence
+        loss = trade_off + collapse_penalty * collapsing + monotone * worse
         return loss, excess, divergence, collapsing, worse
 
     losses, excess, divergence, collapsing, worse = jax.vmap(one)(params, conditions, lam, target, later)

@@ -392,16 +392,16 @@ class GMN(nn.Module):
         node_strength = jnp.broadcast_to(layout.graphs_of_nodes(strength), nodes.shape[:1])[:, None]
         edge_out, node_out = edge_strength * edge_out, node_strength * node_out
         edge_logit, node_logit = edge_out[..., c.edge_dim:] + c.keep_bias, node_out[..., 1] + c.keep_bias
+        ids = layout.edge_graph_ids()
+        if c.magnitude or c.budget is not None:  # each weight's standardised log-magnitude, once
+            log_magnitude = _standard_log_magnitude(graph.edges["weight"], ids, condition.shape[0])
         if c.magnitude:
-            ids = layout.edge_graph_ids()
             gain = nn.Dense(2, kernel_init=nn.initializers.zeros, name="magnitude_head")(globals_)[ids]
-            edge_logit = edge_logit + edge_strength[:, :1] * (
-                gain[:, :1] * _standard_log_magnitude(graph.edges["weight"], ids, condition.shape[0]) + gain[:, 1:])
+            edge_logit = edge_logit + edge_strength[:, :1] * (gain[:, :1] * log_magnitude + gain[:, 1:])
         if c.budget is not None:  # remove the lambda * target share of each network's weights scoring lowest
-            ids, low, high = layout.edge_graph_ids(), c.budget[0], c.budget[1]
+            low, high = c.budget
             real = (graph.edges["weight"] != 0).astype(edge_logit.dtype)
-            score = (edge_logit + _standard_log_magnitude(graph.edges["weight"], ids, condition.shape[0])
-                     ).astype(jnp.float32)  # the threshold is exact in float32
+            score = (edge_logit + log_magnitude).astype(jnp.float32)  # the threshold is exact in float32
             fraction = jnp.clip(condition[:, 0] * (low + condition[:, 1] * (high - low)), 0.0, 1.0)
             threshold = jax.lax.stop_gradient(budget_threshold(score, real, ids, fraction))
             edge_logit = jnp.where(real > 0, score - threshold[ids][:, None], -1.0)
