@@ -70,6 +70,10 @@ class EditorTrainConfig:
     hidden: int = option(32, "the editor's node width")
     edge_hidden: int = option(8, "the editor's edge width")
     layers: int = option(3, "message-passing rounds")
+    messages: str = option("edges", "what a round passes between neurons: 'edges' (each edge keeps a state, updated "
+                                    "every round) or 'weights' (weight-weighted means of the neighbours' projections, "
+                                    "matmuls over the layers; no edge state, several times faster)",
+                           choices=gmn.MESSAGES)
     bilinear: int = option(0, "rank of the bilinear term of each weight's residual (0: none)")
     magnitude: bool = option(False, "add to each weight's keep-logit a learnt multiple of its standardised "
                              "log-magnitude (masks that can follow magnitudes, per conv tap)")
@@ -271,7 +275,8 @@ def train_editor(spec: nets.Spec | Sequence[nets.Spec], pool: nets.Params | Sequ
         nets.validate_params(s, p, batch_dims=1)
         requirement.check(s, dataset)
     gmn_config = gmn.GMNConfig.for_specs(specs, hidden=config.hidden, edge_hidden=config.edge_hidden,
-                                         layers=config.layers, bilinear=config.bilinear, magnitude=config.magnitude, probe_features=config.probe > 0,
+                                         layers=config.layers, bilinear=config.bilinear, magnitude=config.magnitude,
+                                         messages=config.messages, probe_features=config.probe > 0,
                                          num_groups=dataset.num_groups, masks=requirement.removes,
                                          budget=requirement.target_range if config.budget else None)
     data = baselines.split_batch(dataset, "train")

@@ -35,6 +35,10 @@ from metaedit.probe import NUM_FEATURES, NUM_GRAPH_FEATURES, graph_features, nod
 from metaedit.training import Batch
 
 
+MESSAGES = ("edges", "weights")
+"""What a message-passing round passes between neurons (:attr:`GMNConfig.messages`)."""
+
+
 class EditorError(ValueError):
     """An editor cannot edit the networks it was given (architecture outside its range, bad condition)."""
 
@@ -58,6 +62,12 @@ class GMNConfig:
     standardised over its network and ``(a, b)`` read from the global embedding (zero at
     initialisation), so that a mask can follow the weights' magnitudes at any granularity (a conv
     edge's taps) instead of learning it through the narrow edge embedding.
+    messages: what a round passes between neurons. ``"edges"``: every edge keeps a hidden state of
+    width edge_hidden, updated each round by a small MLP of its sender, its receiver and its weight,
+    and a neuron reads the means of its edges' states. ``"weights"``: no edge state; a neuron reads
+    the weight-weighted means of its neighbours' projections, ``mean_i sum_k phi_k(w_ij) A_k h_i``
+    with ``phi(w) = (1, w, |w|)`` per weight (matmuls over the dense layer blocks, the way the network
+    itself propagates signals), and the edges are read once, by the heads (several times faster).
     """
 
     max_inputs: int
@@ -77,8 +87,11 @@ class GMNConfig:
     bilinear: int = 0
     magnitude: bool = False
     budget: tuple[float, float] | None = None
+    messages: str = "edges"
 
     def __post_init__(self):
+        if self.messages not in MESSAGES:
+            raise EditorError(f"messages must be one of {', '.join(MESSAGES)}, got {self.messages!r}")
         if self.budget is not None:  # a list when read back from a JSON record
             low, high = (float(v) for v in self.budget)
             if not 0.0 <= low <= high <= 1.0:
@@ -256,6 +269,17 @@ class _Flat:
     def incoming_mean(self, edges: list[jax.Array]) -> jax.Array:
         return _segment_mean(edges[0], self.receivers, self.n_nodes)
 
+    def incoming_weighted(self, features: list[jax.Array], values: jax.Array) -> jax.Array:
+        """[N, f]: per node, the mean over its incoming edges of ``sum_k features[e, k] * values[sender, k]``
+        (features [E, K] per edge, values [N, K, f])."""
+        messages = jnp.einsum("ek,ekf->ef", features[0], values[self.senders])
+        return _segment_mean(messages, self.receivers, self.n_nodes)
+
+    def outgoing_weighted(self, features: list[jax.Array], values: jax.Array) -> jax.Array:
+        """[N, f]: per node, the mean over its outgoing edges of ``sum_k features[e, k] * values[receiver, k]``."""
+        messages = jnp.einsum("ek,ekf->ef", features[0], values[self.receivers])
+        return _segment_mean(messages, self.senders, self.n_nodes)
+
     def pool_nodes(self, nodes: jax.Array) -> jax.Array:
         return _segment_mean(nodes, self.node_graph, self.n_graph)
 
@@ -311,6 +335,19 @@ class _Blocks:
         return jnp.concatenate([jnp.zeros((first[1] - first[0], edges[0].shape[-1]), edges[0].dtype)]
                                + [e.mean(0) for e in edges])
 
+    def incoming_weighted(self, features: list[jax.Array], values: jax.Array) -> jax.Array:
+        """As :meth:`_Flat.incoming_weighted`, one contraction per layer block (features [fan_in, fan_out, K])."""
+        first = self.nodes[0]
+        return jnp.concatenate([jnp.zeros((first[1] - first[0], values.shape[-1]), values.dtype)]
+                               + [jnp.einsum("iok,ikf->of", phi, values[a:b]) / (b - a)
+                                  for phi, (a, b) in zip(features, self.nodes[:-1])])
+
+    def outgoing_weighted(self, features: list[jax.Array], values: jax.Array) -> jax.Array:
+        last = self.nodes[-1]
+        return jnp.concatenate([jnp.einsum("iok,okf->if", phi, values[c:d]) / (d - c)
+                                for phi, (c, d) in zip(features, self.nodes[1:])]
+                               + [jnp.zeros((last[1] - last[0], values.shape[-1]), values.dtype)])
+
     def pool_nodes(self, nodes: jax.Array) -> jax.Array:
         return nodes.mean(0, keepdims=True)
 
@@ -338,20 +375,13 @@ class GMN(nn.Module):
     config: GMNConfig
     topology: graphs.Topology | None = None
 
-    @nn.compact
-    def __call__(self, graph: jraph.GraphsTuple, condition: jax.Array, node_stats: jax.Array | None = None) -> Edit:
+    def _edge_rounds(self, layout, weight, nodes, edges, globals_):
+        """``messages="edges"``: each round updates every edge's state, then every node from the means
+        of its edges' states, then the global."""
         c = self.config
         h, he = c.hidden, c.edge_hidden
-        layout = _Flat(graph, condition.shape[0]) if self.topology is None else _Blocks(self.topology)
-        node_in = graph.nodes["bias"] if not c.probe_features else jnp.concatenate([graph.nodes["bias"], node_stats], -1)
-        nodes = nn.Embed(c.vocabulary, h, name="node_code")(node_codes(c, graph.nodes["kind"], graph.nodes["index"]))
-        nodes = nodes + nn.Dense(h, name="node_in")(node_in)
-        weight = layout.blocks(graph.edges["weight"])
-        edge_in, edge_layer = nn.Dense(he, name="edge_in"), nn.Embed(c.max_depth, he, name="edge_layer")
-        edges = [edge_in(w) + edge_layer(ids) for w, ids in zip(weight, layout.layer_ids())]
         edge_signal = nn.Dense(1, use_bias=False, name="edge_signal")
         signal = [edge_signal(w) for w in weight]  # the weight as a gate
-        globals_ = nn.Dense(h, name="condition_in")(condition)
         for i in range(c.layers):
             projected = nn.Dense(3 * he, name=f"node_to_edge_{i}")(nodes)
             edge_dense, edge_norm = nn.Dense(he, name=f"edge_{i}"), nn.LayerNorm(name=f"edge_norm_{i}")
@@ -366,6 +396,40 @@ class GMN(nn.Module):
             pooled = [layout.pool_nodes(nodes), layout.pool_edges(edges)]
             update = _MLP(h, name=f"global_{i}")(jnp.concatenate([globals_] + pooled, -1))
             globals_ = nn.LayerNorm(name=f"global_norm_{i}")(globals_ + update)
+        return nodes, edges, globals_
+
+    def _weight_rounds(self, layout, weight, nodes, edges, globals_):
+        """``messages="weights"``: each round updates every node from the weight-weighted means of its
+        neighbours' projections (no edge state), then the global; the edges are left as they came in."""
+        c = self.config
+        h, he = c.hidden, c.edge_hidden
+        features = [jnp.concatenate([jnp.ones(w.shape[:-1] + (1,), w.dtype), w, jnp.abs(w)], -1) for w in weight]
+        k = features[0].shape[-1]
+        for i in range(c.layers):
+            projected = nn.Dense(2 * k * he, name=f"node_to_message_{i}")(nodes).reshape(nodes.shape[0], 2, k, he)
+            update = _MLP(h, name=f"node_{i}")(jnp.concatenate(
+                [nodes, layout.outgoing_weighted(features, projected[:, 0]),
+                 layout.incoming_weighted(features, projected[:, 1]),
+                 jnp.broadcast_to(layout.graphs_of_nodes(globals_), nodes.shape)], -1))
+            nodes = nn.LayerNorm(name=f"node_norm_{i}")(nodes + update)
+            update = _MLP(h, name=f"global_{i}")(jnp.concatenate([globals_, layout.pool_nodes(nodes)], -1))
+            globals_ = nn.LayerNorm(name=f"global_norm_{i}")(globals_ + update)
+        return nodes, edges, globals_
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, condition: jax.Array, node_stats: jax.Array | None = None) -> Edit:
+        c = self.config
+        h, he = c.hidden, c.edge_hidden
+        layout = _Flat(graph, condition.shape[0]) if self.topology is None else _Blocks(self.topology)
+        node_in = graph.nodes["bias"] if not c.probe_features else jnp.concatenate([graph.nodes["bias"], node_stats], -1)
+        nodes = nn.Embed(c.vocabulary, h, name="node_code")(node_codes(c, graph.nodes["kind"], graph.nodes["index"]))
+        nodes = nodes + nn.Dense(h, name="node_in")(node_in)
+        weight = layout.blocks(graph.edges["weight"])
+        edge_in, edge_layer = nn.Dense(he, name="edge_in"), nn.Embed(c.max_depth, he, name="edge_layer")
+        edges = [edge_in(w) + edge_layer(ids) for w, ids in zip(weight, layout.layer_ids())]
+        globals_ = nn.Dense(h, name="condition_in")(condition)
+        rounds = self._edge_rounds if c.messages == "edges" else self._weight_rounds
+        nodes, edges, globals_ = rounds(layout, weight, nodes, edges, globals_)
         # FiLM: the condition also scales and shifts the features the heads read, a direct path
         # from lambda and the target to every edit (through the globals alone it was learnt slowly)
         film = nn.Dense(2 * he + 2 * h, kernel_init=nn.initializers.zeros, name="condition_film")(condition)
@@ -378,6 +442,12 @@ class GMN(nn.Module):
         edge_head = nn.Dense(width, kernel_init=head_init, name="edge_head")
         parts = [edge_head(e) + s[..., :width] + r[..., width:] for e, s, r in
                  zip(edges, layout.senders_of(ends), layout.receivers_of(ends))]
+        if c.messages == "weights":  # no edge state: terms in w and |w| with per-neuron gains, from both ends
+            gates = nn.Dense(4 * width, kernel_init=head_init, name="weight_gate_head")(nodes)
+            parts = [p + jnp.concatenate([w, w], -1) * (s[..., :width] + r[..., :width])
+                     + jnp.abs(jnp.concatenate([w, w], -1)) * (s[..., width:2 * width] + r[..., width:2 * width])
+                     for p, w, s, r in zip(parts, weight, layout.senders_of(gates[:, :2 * width]),
+                                           layout.receivers_of(gates[:, 2 * width:]))]
         if c.bilinear:
             factors = nn.Dense(2 * c.bilinear, kernel_init=head_init, name="bilinear_head")(nodes)
             rows = layout.bilinear(factors[:, :c.bilinear], factors[:, c.bilinear:])

@@ -1,7 +1,7 @@
 """Editor throughput: edits per second over a whole zoo in one call, single-edit latency, graph build.
 
     python -m experiments.benchmarks.editor [--members 1024] [--hidden 32,32] [--gmn-hidden 32 --gmn-layers 3]
-        [--gmn-edge-hidden 8] [--bilinear 0] [--member-chunks 4,16,64] [--cpu-devices 2]
+        [--gmn-edge-hidden 8] [--bilinear 0] [--messages edges] [--member-chunks 4,16,64] [--cpu-devices 2]
 
 Networks: ReLU MLPs on Adult's 104 inputs (hidden 32,32 by default; random weights, as editing
 cost does not depend on them). Measurements, each a JSON line (keys as in DESIGN.md section 5):
@@ -39,6 +39,8 @@ def main(argv=None) -> None:
     parser.add_argument("--gmn-layers", type=int, default=3)
     parser.add_argument("--gmn-edge-hidden", type=int, default=8)
     parser.add_argument("--bilinear", type=int, default=0, help="rank of the bilinear head (0: none)")
+    parser.add_argument("--messages", default="edges", choices=gmn.MESSAGES,
+                        help="what a round passes between neurons (edge states or weight-weighted projections)")
     parser.add_argument("--member-chunks", default="16", help="comma-separated members vmapped together")
     parser.add_argument("--cpu-devices", type=int, default=1, help="XLA CPU devices to shard the population over")
     parser.add_argument("--loop-members", type=int, default=64, help="members timed in the loop peer")
@@ -49,7 +51,7 @@ def main(argv=None) -> None:
 
     spec = nets.parse_arch(f"mlp:{args.hidden}", (104,), 2)
     config = gmn.GMNConfig.for_specs([spec], hidden=args.gmn_hidden, layers=args.gmn_layers,
-                                     edge_hidden=args.gmn_edge_hidden, bilinear=args.bilinear)
+                                     edge_hidden=args.gmn_edge_hidden, bilinear=args.bilinear, messages=args.messages)
     editor = gmn.init_editor(config, jax.random.key(0))
     zoo = jax.jit(jax.vmap(lambda k: nets.init(spec, k)))(jax.random.split(jax.random.key(1), args.members))
     condition = jnp.array([0.5, 0.5])
@@ -57,6 +59,7 @@ def main(argv=None) -> None:
     sizes = {"members": args.members, "arch": nets.describe(spec), "nodes": topo.num_nodes,
              "edges": topo.num_edges, "gmn_hidden": args.gmn_hidden, "gmn_layers": args.gmn_layers,
              "gmn_edge_hidden": args.gmn_edge_hidden, "bilinear": args.bilinear,
+             "messages": args.messages,
              **machine()}
 
     to_graph = jax.jit(lambda p: graphs.params_to_graph(spec, p))

@@ -25,13 +25,17 @@ def fixed_batch(data, n=128):
     return Batch(jnp.asarray(data.x_test[:n]), jnp.asarray(data.y_test[:n]), jnp.zeros(n, jnp.int32))
 
 
-def test_training_lowers_the_loss_and_lambda_zero_keeps_the_function(pool, breast_cancer, tmp_path):
+@pytest.mark.parametrize("messages", gmn.MESSAGES)
+def test_training_lowers_the_loss_and_lambda_zero_keeps_the_function(pool, breast_cancer, tmp_path, messages):
     spec, params = pool
     requirement = requirements.get("pruning")
     batch = fixed_batch(breast_cancer)
-    untrained = gmn.init_editor(gmn.GMNConfig.for_specs([spec], hidden=16, layers=2), jax.random.key(0))
+    untrained = gmn.init_editor(gmn.GMNConfig.for_specs([spec], hidden=16, layers=2, messages=messages),
+                                jax.random.key(0))
     before = editor.evaluation_loss(untrained, spec, requirement, params, batch, 0.7, 0.8)
-    trained = editor.train_editor(spec, params, breast_cancer, TINY, workdir=tmp_path / "run", progress=False)
+    config = EditorTrainConfig(**{**TINY.__dict__, "messages": messages})
+    trained = editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "run", progress=False)
+    assert editor.load_editor(tmp_path / "run")[0].config.messages == messages
     after = editor.evaluation_loss(trained, spec, requirement, params, batch, 0.7, 0.8)
     assert after["loss"] < 0.8 * before["loss"]
     keep = editor.evaluation_loss(trained, spec, requirement, params, batch, 0.0, 0.8)

@@ -15,9 +15,10 @@ CNN = nets.CNNSpec((6, 6, 2), (4, 3), 5)
 CONDITION = jnp.array([0.3, 0.7])
 
 
-def active_editor(specs, seed=0, keep_bias=0.0):
+def active_editor(specs, seed=0, keep_bias=0.0, messages="edges"):
     """An untrained editor whose edit is far from the identity: s = 1, masks undecided (keep bias 0)."""
-    config = GMNConfig.for_specs(specs, hidden=16, layers=2, init_scale=1.0, keep_bias=keep_bias, head_init=1.0)
+    config = GMNConfig.for_specs(specs, hidden=16, layers=2, init_scale=1.0, keep_bias=keep_bias, head_init=1.0,
+                                 messages=messages)
     return gmn.init_editor(config, jax.random.key(seed))
 
 
@@ -33,9 +34,10 @@ def assert_trees_close(a, b, atol=1e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=atol)
 
 
+@pytest.mark.parametrize("messages", gmn.MESSAGES)
 @pytest.mark.parametrize("spec", [MLP, CNN], ids=nets.describe)
-def test_edit_is_equivariant_to_hidden_permutations(spec):
-    editor = active_editor([spec])
+def test_edit_is_equivariant_to_hidden_permutations(spec, messages):
+    editor = active_editor([spec], messages=messages)
     params = with_random_biases(spec, jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (7,) + spec.input_shape)
     for seed in range(3):
@@ -136,9 +138,10 @@ def test_whole_zoo_is_edited_in_one_compile():
     assert_trees_close(member, jax.tree.map(lambda x: x[3], stacked), atol=1e-6)
 
 
-def test_mixed_architecture_batch_matches_single_edits():
+@pytest.mark.parametrize("messages", gmn.MESSAGES)
+def test_mixed_architecture_batch_matches_single_edits(messages):
     specs = [MLP, CNN, nets.MLPSpec((6,), (7,), 3)]
-    editor = active_editor(specs)
+    editor = active_editor(specs, messages=messages)
     params = [with_random_biases(s, jax.random.key(i)) for i, s in enumerate(specs)]
     batch = graphs.batch_graphs(specs, params)
     conditions = jnp.array([[0.1, 0.2], [0.5, 0.5], [0.9, 0.1]])
@@ -162,6 +165,8 @@ def test_bad_inputs_are_named():
     nan = {**params, "dense_2": {**params["dense_2"], "bias": params["dense_2"]["bias"].at[0].set(jnp.nan)}}
     with pytest.raises(nets.SpecError, match="dense_2/bias holds NaN"):
         gmn.edit(editor, MLP, nan, CONDITION)
+    with pytest.raises(EditorError, match="messages must be one of edges, weights, got 'nodes'"):
+        GMNConfig.for_specs([MLP], messages="nodes")
 
 
 def _with_magnitude_head(editor, seed):
