@@ -6,7 +6,9 @@ probe batch (:mod:`metaedit.probe`); edge embeddings from the weight vector and 
 embedding of the **conditioning vector** (the trade-off weight lambda, the requirement's target).
 Each of ``layers`` rounds updates edges (factorised: sender and receiver projections computed once
 per node, then gathered), nodes from the means of their outgoing and incoming edges, and the
-global, with residual connections and layer norm. Mean aggregation, shared hidden-neuron codes and
+global, with residual connections and layer norm (``messages="weights"``: no edge state; each
+round updates the nodes from weight-weighted means of their neighbours' projections, a contraction
+per layer block, and the heads read each weight once). Mean aggregation, shared hidden-neuron codes and
 per-neuron statistics make the edit equivariant to permutations of hidden neurons (conv channels).
 
 Heads (:class:`Edit`): per edge a weight residual ``[edge_dim]`` and a keep-logit per weight; per node a bias
@@ -62,7 +64,7 @@ class GMNConfig:
     standardised over its network and ``(a, b)`` read from the global embedding (zero at
     initialisation), so that a mask can follow the weights' magnitudes at any granularity (a conv
     edge's taps) instead of learning it through the narrow edge embedding.
-    messages: what a round passes between neurons. ``"edges"``: every edge keeps a hidden state of
+    messages: what a round passes between neurons (edge_hidden is the width of either). ``"edges"``: every edge keeps a hidden state of
     width edge_hidden, updated each round by a small MLP of its sender, its receiver and its weight,
     and a neuron reads the means of its edges' states. ``"weights"``: no edge state; a neuron reads
     the weight-weighted means of its neighbours' projections, ``mean_i sum_k phi_k(w_ij) A_k h_i``
@@ -336,13 +338,15 @@ class _Blocks:
                                + [e.mean(0) for e in edges])
 
     def incoming_weighted(self, features: list[jax.Array], values: jax.Array) -> jax.Array:
-        """As :meth:`_Flat.incoming_weighted`, one contraction per layer block (features [fan_in, fan_out, K])."""
+        """As :meth:`_Flat.incoming_weighted`, one contraction per layer block (features [fan_in, fan_out, K]
+        per block, values [N, K, f]; returns [N, f])."""
         first = self.nodes[0]
         return jnp.concatenate([jnp.zeros((first[1] - first[0], values.shape[-1]), values.dtype)]
                                + [jnp.einsum("iok,ikf->of", phi, values[a:b]) / (b - a)
                                   for phi, (a, b) in zip(features, self.nodes[:-1])])
 
     def outgoing_weighted(self, features: list[jax.Array], values: jax.Array) -> jax.Array:
+        """As :meth:`_Flat.outgoing_weighted` (values [N, K, f]; returns [N, f])."""
         last = self.nodes[-1]
         return jnp.concatenate([jnp.einsum("iok,okf->if", phi, values[c:d]) / (d - c)
                                 for phi, (c, d) in zip(features, self.nodes[1:])]
@@ -370,6 +374,8 @@ class GMN(nn.Module):
     sender's projection gated by the edge's weight (a message that flows as the network's own
     signal does) and the global; then every node from the means of its outgoing and incoming
     edges and the global; then the global. Residual connections and layer norm throughout.
+    With ``config.messages == "weights"`` the rounds update nodes and global only (see
+    :meth:`_weight_rounds`).
     """
 
     config: GMNConfig
@@ -400,11 +406,13 @@ class GMN(nn.Module):
 
     def _weight_rounds(self, layout, weight, nodes, edges, globals_):
         """``messages="weights"``: each round updates every node from the weight-weighted means of its
-        neighbours' projections (no edge state), then the global; the edges are left as they came in."""
+        neighbours' projections (no edge state; messages of width edge_hidden per feature), then the
+        global. ``edges`` (the heads' input embeddings) pass through unchanged: the same signature as
+        :meth:`_edge_rounds`."""
         c = self.config
         h, he = c.hidden, c.edge_hidden
         features = [jnp.concatenate([jnp.ones(w.shape[:-1] + (1,), w.dtype), w, jnp.abs(w)], -1) for w in weight]
-        k = features[0].shape[-1]
+        k = 1 + 2 * c.edge_dim  # graphs are always padded to the config's edge_dim
         for i in range(c.layers):
             projected = nn.Dense(2 * k * he, name=f"node_to_message_{i}")(nodes).reshape(nodes.shape[0], 2, k, he)
             update = _MLP(h, name=f"node_{i}")(jnp.concatenate(
@@ -444,10 +452,10 @@ class GMN(nn.Module):
                  zip(edges, layout.senders_of(ends), layout.receivers_of(ends))]
         if c.messages == "weights":  # no edge state: terms in w and |w| with per-neuron gains, from both ends
             gates = nn.Dense(4 * width, kernel_init=head_init, name="weight_gate_head")(nodes)
-            parts = [p + jnp.concatenate([w, w], -1) * (s[..., :width] + r[..., :width])
-                     + jnp.abs(jnp.concatenate([w, w], -1)) * (s[..., width:2 * width] + r[..., width:2 * width])
-                     for p, w, s, r in zip(parts, weight, layout.senders_of(gates[:, :2 * width]),
-                                           layout.receivers_of(gates[:, 2 * width:]))]
+            tiled = [jnp.concatenate([w, w], -1) for w in weight]  # a weight's residual and its keep-logit
+            parts = [p + ww * (s[..., :width] + r[..., :width]) + jnp.abs(ww) * (s[..., width:] + r[..., width:])
+                     for p, ww, s, r in zip(parts, tiled, layout.senders_of(gates[:, :2 * width]),
+                                            layout.receivers_of(gates[:, 2 * width:]))]
         if c.bilinear:
             factors = nn.Dense(2 * c.bilinear, kernel_init=head_init, name="bilinear_head")(nodes)
             rows = layout.bilinear(factors[:, :c.bilinear], factors[:, c.bilinear:])

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import jax
@@ -33,7 +34,7 @@ def test_training_lowers_the_loss_and_lambda_zero_keeps_the_function(pool, breas
     untrained = gmn.init_editor(gmn.GMNConfig.for_specs([spec], hidden=16, layers=2, messages=messages),
                                 jax.random.key(0))
     before = editor.evaluation_loss(untrained, spec, requirement, params, batch, 0.7, 0.8)
-    config = EditorTrainConfig(**{**TINY.__dict__, "messages": messages})
+    config = dataclasses.replace(TINY, messages=messages)
     trained = editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "run", progress=False)
     assert editor.load_editor(tmp_path / "run")[0].config.messages == messages
     after = editor.evaluation_loss(trained, spec, requirement, params, batch, 0.7, 0.8)
