@@ -327,30 +327,32 @@ class _Blocks:
     def graphs_of_nodes(self, graph_values: jax.Array) -> jax.Array:
         return graph_values[0]
 
-    def outgoing_mean(self, edges: list[jax.Array]) -> jax.Array:
+    def _onto_senders(self, rows: list[jax.Array]) -> jax.Array:
+        """[N, f]: per-layer rows [fan_in, f] of the sending nodes, then zeros for the outputs."""
         last = self.nodes[-1]
-        return jnp.concatenate([e.mean(1) for e in edges] + [jnp.zeros((last[1] - last[0], edges[0].shape[-1]),
-                                                                       edges[0].dtype)])
+        return jnp.concatenate(rows + [jnp.zeros((last[1] - last[0], rows[0].shape[-1]), rows[0].dtype)])
+
+    def _onto_receivers(self, rows: list[jax.Array]) -> jax.Array:
+        """[N, f]: zeros for the inputs, then per-layer rows [fan_out, f] of the receiving nodes."""
+        first = self.nodes[0]
+        return jnp.concatenate([jnp.zeros((first[1] - first[0], rows[0].shape[-1]), rows[0].dtype)] + rows)
+
+    def outgoing_mean(self, edges: list[jax.Array]) -> jax.Array:
+        return self._onto_senders([e.mean(1) for e in edges])
 
     def incoming_mean(self, edges: list[jax.Array]) -> jax.Array:
-        first = self.nodes[0]
-        return jnp.concatenate([jnp.zeros((first[1] - first[0], edges[0].shape[-1]), edges[0].dtype)]
-                               + [e.mean(0) for e in edges])
+        return self._onto_receivers([e.mean(0) for e in edges])
 
     def incoming_weighted(self, features: list[jax.Array], values: jax.Array) -> jax.Array:
         """As :meth:`_Flat.incoming_weighted`, one contraction per layer block (features [fan_in, fan_out, K]
         per block, values [N, K, f]; returns [N, f])."""
-        first = self.nodes[0]
-        return jnp.concatenate([jnp.zeros((first[1] - first[0], values.shape[-1]), values.dtype)]
-                               + [jnp.einsum("iok,ikf->of", phi, values[a:b]) / (b - a)
-                                  for phi, (a, b) in zip(features, self.nodes[:-1])])
+        return self._onto_receivers([jnp.einsum("iok,ikf->of", phi, values[a:b]) / (b - a)
+                                     for phi, (a, b) in zip(features, self.nodes[:-1])])
 
     def outgoing_weighted(self, features: list[jax.Array], values: jax.Array) -> jax.Array:
         """As :meth:`_Flat.outgoing_weighted` (values [N, K, f]; returns [N, f])."""
-        last = self.nodes[-1]
-        return jnp.concatenate([jnp.einsum("iok,okf->if", phi, values[c:d]) / (d - c)
-                                for phi, (c, d) in zip(features, self.nodes[1:])]
-                               + [jnp.zeros((last[1] - last[0], values.shape[-1]), values.dtype)])
+        return self._onto_senders([jnp.einsum("iok,okf->if", phi, values[c:d]) / (d - c)
+                                   for phi, (c, d) in zip(features, self.nodes[1:])])
 
     def pool_nodes(self, nodes: jax.Array) -> jax.Array:
         return nodes.mean(0, keepdims=True)
