@@ -4,11 +4,12 @@ Architecture (flax over a ``jraph.GraphsTuple``): node embeddings from the neuro
 (:mod:`metaedit.graphs`), its bias and, for a data-aware editor, statistics of one forward pass on a
 probe batch (:mod:`metaedit.probe`); edge embeddings from the weight vector and the layer; a global
 embedding of the **conditioning vector** (the trade-off weight lambda, the requirement's target).
-Each of ``layers`` rounds updates edges (factorised: sender and receiver projections computed once
-per node, then gathered), nodes from the means of their outgoing and incoming edges, and the
-global, with residual connections and layer norm (``messages="weights"``: no edge state; each
-round updates the nodes from weight-weighted means of their neighbours' projections, a contraction
-per layer block, and the heads read each weight once). Mean aggregation, shared hidden-neuron codes and
+Each of ``layers`` rounds updates the nodes and the global, with residual connections and layer
+norm. With ``messages="weights"`` (the default) no edge keeps a state: a node reads the
+weight-weighted means of its neighbours' projections (a contraction per layer block), and the heads
+read each weight once. With ``messages="edges"`` each round first updates every edge (factorised:
+sender and receiver projections computed once per node, then gathered), and a node reads the means
+of its outgoing and incoming edges' states. Mean aggregation, shared hidden-neuron codes and
 per-neuron statistics make the edit equivariant to permutations of hidden neurons (conv channels).
 
 Heads (:class:`Edit`): per edge a weight residual ``[edge_dim]`` and a keep-logit per weight; per node a bias
@@ -64,12 +65,13 @@ class GMNConfig:
     standardised over its network and ``(a, b)`` read from the global embedding (zero at
     initialisation), so that a mask can follow the weights' magnitudes at any granularity (a conv
     edge's taps) instead of learning it through the narrow edge embedding.
-    messages: what a round passes between neurons (edge_hidden is the width of either). ``"edges"``: every edge keeps a hidden state of
-    width edge_hidden, updated each round by a small MLP of its sender, its receiver and its weight,
-    and a neuron reads the means of its edges' states. ``"weights"``: no edge state; a neuron reads
-    the weight-weighted means of its neighbours' projections, ``mean_i sum_k phi_k(w_ij) A_k h_i``
-    with ``phi(w) = (1, w, |w|)`` per weight (matmuls over the dense layer blocks, the way the network
-    itself propagates signals), and the edges are read once, by the heads (several times faster).
+    messages: what a round passes between neurons (edge_hidden is the width of either).
+    ``"weights"`` (the default): no edge state; a neuron reads the weight-weighted means of its
+    neighbours' projections, ``mean_i sum_k phi_k(w_ij) A_k h_i`` with ``phi(w) = (1, w, |w|)`` per
+    weight (matmuls over the dense layer blocks, the way the network itself propagates signals), and
+    the edges are read once, by the heads (several times faster). ``"edges"``: every edge keeps a
+    hidden state of width edge_hidden, updated each round by a small MLP of its sender, its receiver
+    and its weight, and a neuron reads the means of its edges' states.
     """
 
     max_inputs: int
@@ -89,7 +91,7 @@ class GMNConfig:
     bilinear: int = 0
     magnitude: bool = False
     budget: tuple[float, float] | None = None
-    messages: str = "edges"
+    messages: str = "weights"
 
     def __post_init__(self):
         if self.messages not in MESSAGES:

@@ -1,7 +1,7 @@
 """Editor throughput: edits per second over a whole zoo in one call, single-edit latency, graph build.
 
     python -m experiments.benchmarks.editor [--members 1024] [--hidden 32,32] [--gmn-hidden 32 --gmn-layers 3]
-        [--gmn-edge-hidden 8] [--bilinear 0] [--messages edges] [--member-chunks 4,16,64] [--cpu-devices 2]
+        [--gmn-edge-hidden 8] [--bilinear 0] [--messages weights] [--member-chunks 4,16,64] [--cpu-devices 2]
 
 Networks: ReLU MLPs on Adult's 104 inputs (hidden 32,32 by default; random weights, as editing
 cost does not depend on them). Measurements, each a JSON line (keys as in DESIGN.md section 5):
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     parser.add_argument("--gmn-layers", type=int, default=3)
     parser.add_argument("--gmn-edge-hidden", type=int, default=8)
     parser.add_argument("--bilinear", type=int, default=0, help="rank of the bilinear head (0: none)")
-    parser.add_argument("--messages", default="edges", choices=gmn.MESSAGES,
+    parser.add_argument("--messages", default="weights", choices=gmn.MESSAGES,
                         help="what a round passes between neurons (edge states or weight-weighted projections)")
     parser.add_argument("--member-chunks", default="16", help="comma-separated members vmapped together")
     parser.add_argument("--cpu-devices", type=int, default=1, help="XLA CPU devices to shard the population over")

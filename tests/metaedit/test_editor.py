@@ -66,26 +66,31 @@ def test_resumed_training_equals_uninterrupted_and_keeps_the_best_validated_edit
     assert kept["loss"] == pytest.approx(min(logged), rel=1e-4)
 
 
-def _as_older_format(monkeypatch, edge_dim):
-    """Editor records read as if written in format /3 with this edge width."""
+def _as_older_format(monkeypatch, edge_dim, format=editor.READABLE_OLDER):
+    """Editor records read as if written in ``format`` with this edge width, before the weight
+    messages existed (no ``messages`` setting)."""
     real = checkpoint.read_record
 
     def read(directory, step=None):
         found, record = real(directory, step)
-        return found, {**record, "format": editor.READABLE_OLDER, "gmn": {**record["gmn"], "edge_dim": edge_dim}}
+        gmn_record = {k: v for k, v in record["gmn"].items() if k != "messages"}
+        config = {k: v for k, v in record["config"].items() if k != "messages"}
+        return found, {**record, "format": format, "gmn": {**gmn_record, "edge_dim": edge_dim}, "config": config}
     monkeypatch.setattr(checkpoint, "read_record", read)
 
 
 def test_an_older_editor_is_read_only_where_its_edits_are_unchanged(pool, breast_cancer, tmp_path, monkeypatch):
     spec, params = pool
-    config = EditorTrainConfig(**{**TINY.__dict__, "steps": 10, "chunk_steps": 10})
+    config = EditorTrainConfig(**{**TINY.__dict__, "steps": 10, "chunk_steps": 10, "messages": "edges"})
     editor.train_editor(spec, params, breast_cancer, config, workdir=tmp_path / "run", progress=False)
     current, _ = editor.load_editor(tmp_path / "run")
-    with monkeypatch.context() as patched:
-        _as_older_format(patched, edge_dim=1)  # one weight per edge (MLPs): the same parameters and edits
-        older, _ = editor.load_editor(tmp_path / "run")
-    for a, b in zip(jax.tree.leaves(current.variables), jax.tree.leaves(older.variables)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for format in (editor.READABLE_OLDER, editor.EDITOR_FORMAT):  # /4 records were written without messages too
+        with monkeypatch.context() as patched:
+            _as_older_format(patched, edge_dim=1, format=format)  # one weight per edge (MLPs): the same edits
+            older, record = editor.load_editor(tmp_path / "run")
+        assert older.config.messages == "edges" and older.config == current.config
+        for a, b in zip(jax.tree.leaves(current.variables), jax.tree.leaves(older.variables)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with monkeypatch.context() as patched:
         _as_older_format(patched, edge_dim=9)  # conv taps: one keep-logit per edge then, per tap now
         with pytest.raises(checkpoint.CheckpointError, match="earlier version.*train it again"):

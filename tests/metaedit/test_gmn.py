@@ -189,7 +189,7 @@ def test_the_magnitude_term_is_standardised_per_network_and_keeps_both_layouts_a
     config = GMNConfig.for_specs(specs, hidden=16, layers=2, init_scale=1.0, keep_bias=4.0, head_init=0.3,
                                  magnitude=True)
     plain = gmn.init_editor(config, jax.random.key(0))
-    editor = _with_magnitude_head(plain, 1)
+    editor = _with_magnitude_head(plain, 5)  # a head that drops some masks, not all, in each check below
     params = [with_random_biases(s, jax.random.key(i)) for i, s in enumerate(specs)]
     conditions = jnp.array([[0.5, 0.5], [0.9, 0.1]])
     for spec, p, c, e in zip(specs, params, conditions, gmn.edit_batch(editor, graphs.batch_graphs(specs, params),
@@ -199,8 +199,11 @@ def test_the_magnitude_term_is_standardised_per_network_and_keeps_both_layouts_a
         changed = [a != b for a, b in zip(masks(gmn.edit(editor, spec, p, c)), masks(gmn.edit(plain, spec, p, c)))]
         assert any(m.any() for m in changed)  # the term moves masks, so these checks can fail
     permuted, _ = permute_hidden(CNN, params[1], np.random.default_rng(0))
+    edited = gmn.edit(editor, CNN, params[1], CONDITION)
+    dropped = sum(int((np.asarray(layer["kernel"]) == 0).sum()) for layer in edited.values())
+    assert 0 < dropped < sum(layer["kernel"].size for layer in edited.values())  # a check that can fail
     assert_trees_close(gmn.edit(editor, CNN, permuted, CONDITION),
-                       permute_hidden(CNN, gmn.edit(editor, CNN, params[1], CONDITION), np.random.default_rng(0))[0])
+                       permute_hidden(CNN, edited, np.random.default_rng(0))[0])
     identity = gmn.edit(editor, CNN, params[1], jnp.array([0.0, 0.5]))  # lambda 0: no mask at all
     assert all((np.asarray(layer["kernel"]) != 0).all() for layer in identity.values())
 
