@@ -373,13 +373,14 @@ class GMN(nn.Module):
     graph of that architecture) the edges are laid out as dense per-layer blocks; without, as one
     array reached by gathers (any padded batch). Both compute the same function.
 
-    Each round updates every edge from its own features, projections of its sender and receiver
-    computed once per node and gathered (factorised: no per-edge matrix over node widths), the
-    sender's projection gated by the edge's weight (a message that flows as the network's own
-    signal does) and the global; then every node from the means of its outgoing and incoming
-    edges and the global; then the global. Residual connections and layer norm throughout.
-    With ``config.messages == "weights"`` the rounds update nodes and global only (see
-    :meth:`_weight_rounds`).
+    With ``config.messages == "weights"`` (the default) each round updates the nodes and the global
+    only, every node from the weight-weighted means of its neighbours' projections (see
+    :meth:`_weight_rounds`). With ``"edges"`` each round updates every edge from its own features,
+    projections of its sender and receiver computed once per node and gathered (factorised: no
+    per-edge matrix over node widths), the sender's projection gated by the edge's weight (a
+    message that flows as the network's own signal does) and the global; then every node from the
+    means of its outgoing and incoming edges and the global; then the global (see
+    :meth:`_edge_rounds`). Residual connections and layer norm throughout.
     """
 
     config: GMNConfig
