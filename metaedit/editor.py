@@ -338,9 +338,9 @@ def load_editor(workdir: str | Path) -> tuple[gmn.Editor, dict]:
     if not record.get("complete"):
         raise EditorTrainingError(f"the editor in {workdir} is unfinished ({record.get('chunks_done')} chunks); "
                                   f"run the same train-editor command again to resume")
-    # records written before the weight messages existed hold edge-message editors
-    gmn_config = gmn.GMNConfig(**{"messages": "edges", **record["gmn"]})
-    config = options.from_dict(EditorTrainConfig, {"messages": "edges", **record["config"]})
+    older = {"messages": "edges"}  # records written before the weight messages existed hold edge-message editors
+    gmn_config = gmn.GMNConfig(**{**older, **record["gmn"]})
+    config = options.from_dict(EditorTrainConfig, {**older, **record["config"]})
     spec = nets.spec_from_dict(record["spec"])
     variables = jax.eval_shape(lambda: gmn.init_variables(gmn_config, jax.random.key(0)))
     probe = None

@@ -390,7 +390,7 @@ class GMN(nn.Module):
         """``messages="edges"``: each round updates every edge's state, then every node from the means
         of its edges' states, then the global."""
         c = self.config
-        h, he = c.hidden, c.edge_hidden
+        he = c.edge_hidden
         edge_signal = nn.Dense(1, use_bias=False, name="edge_signal")
         signal = [edge_signal(w) for w in weight]  # the weight as a gate
         for i in range(c.layers):
@@ -400,13 +400,9 @@ class GMN(nn.Module):
             edges = [edge_norm(e + nn.gelu(edge_dense(e) + s[..., :he] + r[..., he:2 * he] + gate * s[..., 2 * he:] + g))
                      for e, s, r, gate, g in zip(edges, layout.senders_of(projected), layout.receivers_of(projected),
                                                  signal, from_global)]
-            update = _MLP(h, name=f"node_{i}")(jnp.concatenate(
-                [nodes, layout.outgoing_mean(edges), layout.incoming_mean(edges),
-                 jnp.broadcast_to(layout.graphs_of_nodes(globals_), nodes.shape)], -1))
-            nodes = nn.LayerNorm(name=f"node_norm_{i}")(nodes + update)
-            pooled = [layout.pool_nodes(nodes), layout.pool_edges(edges)]
-            update = _MLP(h, name=f"global_{i}")(jnp.concatenate([globals_] + pooled, -1))
-            globals_ = nn.LayerNorm(name=f"global_norm_{i}")(globals_ + update)
+            nodes, globals_ = self._update_nodes_and_global(
+                i, layout, nodes, globals_, layout.outgoing_mean(edges), layout.incoming_mean(edges),
+                [layout.pool_edges(edges)])
         return nodes, edges, globals_
 
     def _weight_rounds(self, layout, weight, nodes, edges, globals_):
@@ -415,19 +411,26 @@ class GMN(nn.Module):
         global. ``edges`` (the heads' input embeddings) pass through unchanged: the same signature as
         :meth:`_edge_rounds`."""
         c = self.config
-        h, he = c.hidden, c.edge_hidden
+        he = c.edge_hidden
         features = [jnp.concatenate([jnp.ones(w.shape[:-1] + (1,), w.dtype), w, jnp.abs(w)], -1) for w in weight]
         k = 1 + 2 * c.edge_dim  # graphs are always padded to the config's edge_dim
         for i in range(c.layers):
             projected = nn.Dense(2 * k * he, name=f"node_to_message_{i}")(nodes).reshape(nodes.shape[0], 2, k, he)
-            update = _MLP(h, name=f"node_{i}")(jnp.concatenate(
-                [nodes, layout.outgoing_weighted(features, projected[:, 0]),
-                 layout.incoming_weighted(features, projected[:, 1]),
-                 jnp.broadcast_to(layout.graphs_of_nodes(globals_), nodes.shape)], -1))
-            nodes = nn.LayerNorm(name=f"node_norm_{i}")(nodes + update)
-            update = _MLP(h, name=f"global_{i}")(jnp.concatenate([globals_, layout.pool_nodes(nodes)], -1))
-            globals_ = nn.LayerNorm(name=f"global_norm_{i}")(globals_ + update)
+            nodes, globals_ = self._update_nodes_and_global(
+                i, layout, nodes, globals_, layout.outgoing_weighted(features, projected[:, 0]),
+                layout.incoming_weighted(features, projected[:, 1]))
         return nodes, edges, globals_
+
+    def _update_nodes_and_global(self, i, layout, nodes, globals_, outgoing, incoming, pooled_edges=()):
+        """Round ``i``'s residual updates, either kind of message: every node from itself, the
+        messages it reads from its outgoing and incoming edges [N, f] and the global; then the global
+        from itself, the mean of the new nodes and ``pooled_edges`` (the edge states' mean, if any)."""
+        h = self.config.hidden
+        update = _MLP(h, name=f"node_{i}")(jnp.concatenate(
+            [nodes, outgoing, incoming, jnp.broadcast_to(layout.graphs_of_nodes(globals_), nodes.shape)], -1))
+        nodes = nn.LayerNorm(name=f"node_norm_{i}")(nodes + update)
+        update = _MLP(h, name=f"global_{i}")(jnp.concatenate([globals_, layout.pool_nodes(nodes), *pooled_edges], -1))
+        return nodes, nn.LayerNorm(name=f"global_norm_{i}")(globals_ + update)
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, condition: jax.Array, node_stats: jax.Array | None = None) -> Edit:
