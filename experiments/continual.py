@@ -13,6 +13,7 @@ two buffer sizes) run vmapped over the seeds. Tables: ``metrics.csv`` (one row p
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import numpy as np
 
@@ -33,6 +34,8 @@ SAFE = (  # name, SafeConfig overrides
     ("lid-lookahead", (("bias", "lookahead"),)), ("lid-update-closest", (("bias", "update"), ("strategy", "closest"))),
     ("lid-update-largest-closest", (("bias", "update"), ("strategy", "largest-closest"))),
     ("lid-update-best-loss", (("bias", "update"), ("strategy", "best-loss"))),
+    ("lid-pool-closest", (("bias", "update"), ("pool", "biases"), ("strategy", "closest"))),
+    ("lid-pool-best-loss", (("bias", "update"), ("pool", "biases"), ("strategy", "best-loss"))),
     ("lid-recentred", (("recentre", None),)), ("lid-update-recentred", (("bias", "update"), ("recentre", None))),
 )  # recentre None: the config's ``recentre``
 MEMORY = ("a-gem", "replay-10", "replay-50")
@@ -100,7 +103,8 @@ def run(config: Config) -> dict[str, list[dict]]:
             row = _row(label, s, result.matrix, result.seconds)
             row.update(inside=all(result.inside), holds=all(c.holds for c in result.certificates),
                        min_certified_minus_tau=min((c.certified_accuracy - c.tau for c in result.certificates), default=None),
-                       final_min_lower_bound=min((c.lower_bound for c in final), default=None))
+                       final_min_lower_bound=min((c.lower_bound for c in final), default=None),
+                       picks=" ".join(result.picks))
             if result.meta_history:
                 row["meta_loss_first"] = float(np.mean([h[0] for h in result.meta_history]))
                 row["meta_loss_last"] = float(np.mean([min(h) for h in result.meta_history]))
@@ -168,6 +172,13 @@ def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
                        f"{np.mean([r['meta_loss_first'] for r in meta]):.4f} (update-direction start) to "
                        f"{np.mean([r['meta_loss_last'] for r in meta]):.4f} (the best learnt bias), mean over seeds and "
                        "task boundaries.")
+    picked = {m: Counter(p.split("@")[0] for r in rows if r["method"] == m for p in str(r.get("picks") or "").split())
+              for m in methods if "pool" in m}
+    picked = {m: counts for m, counts in picked.items() if counts}
+    if picked:
+        page.paragraph("Where the pooled strategies' LIDs came from (the bias weighting of the solve, or kept: a "
+                       "re-centring kept the current box; over seeds and task boundaries): " + "; ".join(f"{m}: " + ", ".join(f"{b} {n}" for b, n in c.most_common())
+                                                   for m, c in picked.items()) + ".")
     page.paragraph("New-task accuracy: test accuracy on task t right after training it, mean over t >= 1. Forgetting: "
                    "mean over old tasks of the best earlier accuracy minus the final one. Seconds per seed include "
                    "compilation for the safe variants (each seed is its own run) and exclude it for the vmapped "

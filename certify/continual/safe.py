@@ -8,8 +8,10 @@ certify every task seen so far on its certification samples, each at
 
 and task t+1 is trained with Adam followed by projection onto that box (a clip), so every old task
 keeps its certified accuracy whatever the new task does. The solver's snapshots give several
-certified LIDs; a **strategy** picks one (:data:`STRATEGIES`). **Bias weights** make room where the
-new task wants it (:data:`BIASES`):
+certified LIDs; a **strategy** picks one (:data:`STRATEGIES`). One solve's snapshots are growth
+stages of one box, and on Split MNIST-5k every strategy picked alike; with ``pool="biases"`` the
+candidates are the snapshots of one solve per bias weighting (:data:`POOL_BIASES`), boxes of
+different shapes to choose between. **Bias weights** make room where the new task wants it (:data:`BIASES`):
 
 * ``none``: every parameter counts the same;
 * ``fisher``: ``1 / (F + mean F)`` with F the old tasks' diagonal empirical Fisher (room where the
@@ -54,6 +56,9 @@ from metaedit.options import option
 Params = Any
 STRATEGIES = ("largest", "closest", "largest-closest", "best-loss")
 BIASES = ("none", "fisher", "update", "lookahead")
+POOLS = ("snapshots", "biases")
+POOL_BIASES = ("none", "fisher", "update")
+"""The bias weightings solved for a ``biases`` pool (beside the config's own)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +78,9 @@ class SafeConfig:
     meta_steps: int = option(5, "Adam steps on the learnt lookahead bias")
     meta_learning_rate: float = option(0.03, "learning rate of the learnt bias")
     strategy: str = option("largest", "how one of the certified snapshots is picked", choices=STRATEGIES)
+    pool: str = option("snapshots", "the certified LIDs the strategy picks from: the snapshots of one solve with "
+                       "`bias` (snapshots), or those of one solve per bias weighting, none, fisher, update and "
+                       "`bias` (biases)", choices=POOLS)
     recentre: int = option(1, "box LIDs per new task: its steps are cut into this many parts, and before each part "
                               "after the first a new LID certifying every old task is solved around the parameters "
                               "(1: one LID per task boundary). Adam restarts with each part")
@@ -86,6 +94,8 @@ class SafeConfig:
             raise ContinualError(f"unknown LID strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.bias not in BIASES:
             raise ContinualError(f"unknown bias {self.bias!r}; known: {', '.join(BIASES)}")
+        if self.pool not in POOLS:
+            raise ContinualError(f"unknown LID pool {self.pool!r}; known: {', '.join(POOLS)}")
         if self.lid.domain != "box":
             raise ContinualError("safe training projects onto boxes; use LIDConfig(domain='box')")
         if not 0 < self.tau_max <= 1:
@@ -210,9 +220,9 @@ def learned_bias(spec, params: Params, constraints, config: "SafeConfig", x, y, 
 # --------------------------------------------------------------------------- choosing among LIDs
 
 
-def choose(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, config: SafeConfig, key,
-           mask=None) -> lid.LID:
-    """One of several certified LIDs around ``params``, by ``strategy``:
+def choose_index(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, config: SafeConfig, key,
+                 mask=None) -> int:
+    """The index of one of several certified LIDs around ``params``, by ``strategy``:
 
     * ``largest``: the largest log-volume;
     * ``closest``: the one whose projection of an unconstrained lookahead point (params after
@@ -220,20 +230,22 @@ def choose(lids: list[lid.LID], strategy: str, spec, params: Params, x, y, confi
     * ``largest-closest``: the largest among those within 1.5 times the closest distance;
     * ``best-loss``: the lowest buffer loss after ``lookahead_steps`` projected steps inside it.
     """
+    def largest(indices):
+        return max(indices, key=lambda i: lids[i].log_volume)
+
     if strategy == "largest":
-        return lid.best(lids)
+        return largest(range(len(lids)))
     steps, rate = config.lookahead_steps, config.lookahead_learning_rate
     if strategy == "best-loss":
         losses = [float(training.cross_entropy(
             spec, projected_steps_jit(spec, params, l.domain, x, y, steps, rate, config.batch, key, mask), x, y, mask))
             for l in lids]
-        return lids[int(np.argmin(losses))]
+        return int(np.argmin(losses))
     target = projected_steps_jit(spec, params, None, x, y, steps, rate, config.batch, key, mask)
     distances = np.array([float(project.distance(target, l.domain.project(target))) for l in lids])
     if strategy == "closest":
-        return lids[int(np.argmin(distances))]
-    near = [l for l, d in zip(lids, distances) if d <= 1.5 * distances.min() + 1e-12]
-    return lid.best(near)
+        return int(np.argmin(distances))
+    return largest([i for i, d in enumerate(distances) if d <= 1.5 * distances.min() + 1e-12])
 
 
 # --------------------------------------------------------------------------- the continual run
@@ -256,16 +268,38 @@ def _bias(spec, params: Params, constraints, config: SafeConfig, buffer, key, ma
     return None, None
 
 
+def pool_biases(config: SafeConfig) -> tuple[str, ...]:
+    """The bias weightings whose LIDs the strategy picks from: the config's own, then the pool's others."""
+    return (config.bias,) if config.pool == "snapshots" else tuple(dict.fromkeys((config.bias,) + POOL_BIASES))
+
+
+class Pick(NamedTuple):
+    """A chosen LID and where it came from: the bias weighting it was solved with and its solver step."""
+
+    chosen: lid.LID
+    bias: str
+
+    def describe(self) -> str:
+        return f"{self.bias}@{self.chosen.step}"
+
+
 def _new_lid(spec, params: Params, constraints, heldout, config: SafeConfig, buffer, bias_key, choice_key,
-             mask) -> tuple[lid.LID, list[float] | None]:
-    """A certified box LID of every constraint around ``params``, picked by the config's strategy."""
-    bias, history = _bias(spec, params, constraints, config, buffer, bias_key, mask)
-    lids, _ = lid.compute(spec, params, constraints, heldout, config.lid, bias=bias)
-    return choose(lids, config.strategy, spec, params, *buffer, config, choice_key, mask), history
+             mask) -> tuple[Pick, list[float] | None]:
+    """A certified box LID of every constraint around ``params``, picked by the config's strategy from
+    the certified snapshots of one solve per bias weighting of the pool (:func:`pool_biases`)."""
+    candidates, origins, history = [], [], None
+    for name in pool_biases(config):
+        bias, learnt = _bias(spec, params, constraints, dataclasses.replace(config, bias=name), buffer, bias_key, mask)
+        history = learnt if history is None else history
+        found = lid.compute(spec, params, constraints, heldout, config.lid, bias=bias).lids
+        candidates += found
+        origins += [name] * len(found)
+    picked = choose_index(candidates, config.strategy, spec, params, *buffer, config, choice_key, mask)
+    return Pick(candidates[picked], origins[picked]), history
 
 
 def _recentred(spec, params: Params, current: lid.LID, constraints, heldout, config: SafeConfig, buffer, key,
-               mask) -> lid.LID:
+               mask) -> Pick:
     """A new certified box LID around ``params``, or ``current`` (which holds them) when none certifies.
 
     The new box is taken even when it is smaller: the parameters have usually been clipped to a face
@@ -276,7 +310,7 @@ def _recentred(spec, params: Params, current: lid.LID, constraints, heldout, con
     try:
         return _new_lid(spec, params, constraints, heldout, config, buffer, key, key, mask)[0]
     except lid.LIDError:
-        return current
+        return Pick(current, "kept")
 
 
 class TaskCertificate(NamedTuple):
@@ -295,7 +329,8 @@ class SafeResult(NamedTuple):
     """matrix [T, T] test accuracy after each task; certificates of the old tasks after each task;
     lids: the LIDs trained in, in order (one per task boundary, more when re-centred); inside:
     whether the params after each later task lay in the LID they ended in (checked on the host);
-    meta_history: lookahead meta-losses."""
+    meta_history: lookahead meta-losses; picks: where each of ``lids`` came from
+    (:meth:`Pick.describe`: ``bias@step``, or ``kept@step`` where a re-centring kept the current box)."""
 
     matrix: np.ndarray
     params: Params
@@ -305,6 +340,7 @@ class SafeResult(NamedTuple):
     taus: list[float]
     seconds: float
     meta_history: list[list[float]]
+    picks: list[str]
 
 
 def _samples(sequence: TaskSequence, t: int, part: str, count: int, rng) -> tuple[jax.Array, jax.Array]:
@@ -326,7 +362,7 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
     heldout = [_samples(sequence, t, "test", config.heldout_samples, rng) for t in range(sequence.num_tasks)]
     lookahead = [_samples(sequence, t, "train", config.lookahead_samples, rng) for t in range(sequence.num_tasks)]
     started = time.perf_counter()
-    matrix, held, chosen, inside, taus, meta = [], [], [], [], [], []
+    matrix, held, chosen, picks, inside, taus, meta = [], [], [], [], [], [], []
     box, constraints, kept = None, (), []  # kept: the tasks certified (those learnt above 0, so tau > 0)
     for t in range(sequence.num_tasks):
         x, y = jnp.asarray(sequence.x_train[t]), jnp.asarray(sequence.y_train[t])
@@ -335,9 +371,11 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
             part_key = jax.random.fold_in(key, 100 + t)
             if part > 0:
                 part_key = jax.random.fold_in(part_key, part)
-                box = _recentred(spec, params, box, constraints, [heldout[j] for j in kept], config, lookahead[t],
-                                 jax.random.fold_in(jax.random.fold_in(key, 400 + t), part), masks[t])
+                pick = _recentred(spec, params, box, constraints, [heldout[j] for j in kept], config, lookahead[t],
+                                  jax.random.fold_in(jax.random.fold_in(key, 400 + t), part), masks[t])
+                box = pick.chosen
                 chosen.append(box)
+                picks.append(pick.describe())
             params = projected_steps_jit(spec, params, None if box is None else box.domain, x, y, steps,
                                          config.learning_rate, config.batch, part_key, masks[t])
         if box is not None:
@@ -359,9 +397,11 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
         if not constraints:
             box = None
             continue
-        box, history = _new_lid(spec, params, constraints, [heldout[j] for j in kept], config, lookahead[t + 1],
-                                jax.random.fold_in(key, 200 + t), jax.random.fold_in(key, 300 + t), masks[t + 1])
+        pick, history = _new_lid(spec, params, constraints, [heldout[j] for j in kept], config, lookahead[t + 1],
+                                 jax.random.fold_in(key, 200 + t), jax.random.fold_in(key, 300 + t), masks[t + 1])
+        box = pick.chosen
         meta += [history] if history is not None else []
         chosen.append(box)
+        picks.append(pick.describe())
     return SafeResult(np.stack(matrix), params, held, chosen, inside, taus,
-                      time.perf_counter() - started, meta)
+                      time.perf_counter() - started, meta, picks)

@@ -1,6 +1,6 @@
 """Our LID solver against the reference implementation (PyTorch + Cooper + interval bounds), side by side.
 
-    python -m experiments.benchmarks.lid_reference [--samples 512 4096] [--reference-steps 2000]
+    python -m experiments.benchmarks.lid_reference [--samples 512 4096] [--reference-steps 2000] [--rounds 7]
 
 The same Adult MLP (``mlp:32,32``, member 0 of the seeded zoo of ``--config lid``), the same
 certification rows (the first ``n`` of our certification split) and the same tau. For each n:
@@ -8,7 +8,10 @@ certification rows (the first ``n`` of our certification split) and the same tau
 * **speed**: seconds per solver step, warm on both sides (ours: the jitted ``lax.scan`` of
   :func:`certify.solver.solve` divided by its steps, compilation excluded and reported apart; the
   reference: the median step after warm-up), with the same n samples per step (the reference's
-  minibatch and certificate batch set to n);
+  minibatch and certificate batch set to n); then ``--rounds`` interleaved rounds, each one 150-step
+  solve of ours (its wall time / 150) and one of the reference (the mean of its steps after
+  warm-up) back to back, whose per-round speed-ups give a median and a range under the same slow
+  drift of this shared machine's load;
 * **size at the same guarantee**, the reference's final box shrunk towards the network until it
   certifies, next to our LID (our defaults, and with the reference's width cap of 10 and 600 steps):
   - ``samples``: certified accuracy on the n certification rows >= tau (bisection on the scale);
@@ -63,16 +66,30 @@ def shrink_until_certified(spec, box, params, x, y, tau, steps: int = 30):
     return box.scaled(params, low), low
 
 
-def our_seconds_per_step(spec, params, x, y, tau, steps: int = 150) -> tuple[float, float]:
-    """(seconds per step of the jitted solve, compile seconds) for the default box solver."""
+def our_solver(spec, params, x, y, tau, steps: int = 150):
+    """(compile seconds, a function timing one warm solve: its seconds per step) for the default box solver."""
     problem = solver.make_problem(spec, params, LIDConfig(steps=steps))
     constraints = (certificates.Constraint(x, y, tau),)
     solve = jax.jit(solver.solve)
-    started = time.perf_counter()
-    jax.block_until_ready(solve(problem, constraints))
-    compile_seconds = time.perf_counter() - started
-    best = min(_timed(lambda: jax.block_until_ready(solve(problem, constraints))) for _ in range(5))
-    return best / steps, compile_seconds
+    compile_seconds = _timed(lambda: jax.block_until_ready(solve(problem, constraints)))
+    return compile_seconds, lambda: _timed(lambda: jax.block_until_ready(solve(problem, constraints))) / steps
+
+
+def our_seconds_per_step(spec, params, x, y, tau, steps: int = 150) -> tuple[float, float]:
+    """(seconds per step of the jitted solve, the best of 5 warm solves; compile seconds)."""
+    compile_seconds, timed_solve = our_solver(spec, params, x, y, tau, steps)
+    return min(timed_solve() for _ in range(5)), compile_seconds
+
+
+def interleaved_speedups(ours, reference, rounds: int) -> np.ndarray:
+    """[rounds] the reference's seconds per step over ours, each round timing ours then the reference
+    back to back, so that slow drift in the machine's load weighs on both sides (a short burst is
+    likelier to land on the longer of the two)."""
+    ratios = []
+    for _ in range(rounds):
+        mine = ours()
+        ratios.append(reference() / mine)
+    return np.array(ratios)
 
 
 def _timed(run) -> float:
@@ -86,8 +103,13 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--tau", type=float, default=0.8)
     parser.add_argument("--reference-steps", type=int, default=2000, help="the reference's default n_iters")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="interleaved rounds of one 150-step solve each (mean seconds per step on both sides), for "
+                             "the speed-up's median and range (0: none)")
     parser.add_argument("--work", default="results/lid/zoos/adult-mlp")
     args = parser.parse_args(argv)
+    if args.rounds < 0:
+        parser.error(f"--rounds must be >= 0, got {args.rounds}")
     print(f"# {machine()}", flush=True)
     dataset = datasets.load_dataset("adult")
     spec = nets.parse_arch("mlp:32,32", dataset.input_shape, dataset.num_classes)
@@ -108,8 +130,17 @@ def main(argv=None) -> None:
         reference = solve_reference(numpy_params, np.asarray(x), np.asarray(y), args.tau, args.reference_steps,
                                     batch_size=n, certificate_samples=n)
         emit("lid_reference", "reference/seconds_per_step", reference.seconds_per_step, "s", **sizes,
-             steps=reference.steps, final_box_certified_accuracy=reference.certified_accuracy)
+             steps=reference.steps, final_box_certified_accuracy=reference.certified_accuracy,
+             mean_seconds_per_step=reference.mean_seconds_per_step)
         emit("lid_reference", "speedup_per_step", reference.seconds_per_step / ours, "x", **sizes)
+        if args.rounds:
+            _, timed_solve = our_solver(spec, params, x, y, args.tau)
+            ratios = interleaved_speedups(timed_solve, lambda: solve_reference(
+                numpy_params, np.asarray(x), np.asarray(y), args.tau, 150, batch_size=n,
+                certificate_samples=n).mean_seconds_per_step, args.rounds)
+            emit("lid_reference", "speedup_per_step/interleaved_median", float(np.median(ratios)), "x", **sizes,
+                 rounds=args.rounds, least=float(ratios.min()), most=float(ratios.max()),
+                 rounds_at_least_10x=int((ratios >= 10).sum()))
         reference_box = domains.Box(jax.tree.map(jnp.asarray, reference.lo), jax.tree.map(jnp.asarray, reference.hi))
 
         # the sample-level guarantee

@@ -111,6 +111,9 @@ class ReferenceResult(NamedTuple):
     """The calibrated softmax temperature (nan when the optimisation was skipped)."""
     surrogate: float = float("nan")
     """The order-statistic surrogate margin of the final box on the certificate batch."""
+    mean_seconds_per_step: float = float("nan")
+    """Mean wall time of one optimisation step after ``warmup`` steps (of every step when no more ran;
+    nan when none ran)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -393,10 +396,12 @@ def solve_reference(params: dict, x: np.ndarray, y: np.ndarray, tau: float, step
     n_classes = box.nominal[-1].shape[0]
     onehot_all = torch.nn.functional.one_hot(y_all, n_classes).float()
 
-    def finish(ran: int, seconds: float, temperature: float, surrogate: float) -> ReferenceResult:
+    def finish(ran: int, seconds: float, temperature: float, surrogate: float,
+               mean_seconds: float = float("nan")) -> ReferenceResult:
         lo, hi = box.export()
         margins = interval_margin_lower(params, lo, hi, x_all.numpy(), y_all.numpy())
-        return ReferenceResult(lo, hi, seconds, float((margins > 0).mean()), ran, temperature, surrogate)
+        return ReferenceResult(lo, hi, seconds, float((margins > 0).mean()), ran, temperature, surrogate,
+                               mean_seconds)
 
     if tau <= 0.0:  # the reference returns the whole projection box
         with torch.no_grad():
@@ -447,11 +452,12 @@ def solve_reference(params: dict, x: np.ndarray, y: np.ndarray, tau: float, step
         times.append(time.perf_counter() - start)
     timed = times[warmup:] if len(times) > warmup else times
     seconds = float(np.median(timed)) if timed else float("nan")
+    mean_seconds = float(np.mean(timed)) if timed else float("nan")
 
     with torch.no_grad():
         logits_l, logits_u = _logit_bounds(*box.layers(), x_cert)
         surrogate = float(_order_statistic(_soft_margin(logits_l, logits_u, onehot_cert, temperature), tau))
-    return finish(steps, seconds, temperature, surrogate)
+    return finish(steps, seconds, temperature, surrogate, mean_seconds)
 
 
 __all__ = ["MAX_PARAMETER_WIDTH", "ReferenceResult", "interval_margin_lower", "solve_reference"]

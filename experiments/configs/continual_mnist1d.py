@@ -5,4 +5,5 @@ from experiments import continual
 
 def get_config() -> continual.Config:
     return continual.Config(dataset="mnist1d",
-                            only=("naive", "l2", "ewc", "si", "a-gem", "replay-50", "lid", "lid-update"))
+                            only=("naive", "l2", "ewc", "si", "a-gem", "replay-50", "lid", "lid-update", "lid-recentred",
+                                  "lid-update-recentred"))

@@ -70,13 +70,19 @@ def test_meta_gradient_through_the_lid_solve_matches_finite_differences(sequence
         assert finite == pytest.approx(norm, rel=2e-2)
 
 
-def test_safe_run_keeps_every_old_task_certified_and_sampled_params_agree(sequence):
+@pytest.mark.parametrize("pool", safe.POOLS)
+def test_safe_run_keeps_every_old_task_certified_and_sampled_params_agree(sequence, pool):
     spec = nets.MLPSpec(sequence.input_shape, (16,), 2)
     config = safe.SafeConfig(steps_per_task=150, cert_samples=64, heldout_samples=100, lid=TINY_LID,
-                             bias="update", strategy="best-loss", recentre=2)
+                             bias="update", strategy="best-loss", recentre=2, pool=pool)
+    assert safe.pool_biases(config) == (("update",) if pool == "snapshots" else ("update", "none", "fisher"))
     result = safe.train_safely(spec, sequence, config)
     assert result.matrix.shape == (3, 3) and all(result.inside)
     assert len(result.lids) == 2 * 2  # tasks 1 and 2: the LID at the boundary, then one re-centred around the params
+    assert len(result.picks) == len(result.lids)
+    for pick, chosen in zip(result.picks, result.lids):  # each pick names a solve of the pool and its snapshot
+        bias, step = pick.split("@")
+        assert bias in safe.pool_biases(config) + ("kept",) and int(step) == chosen.step
     centres = [jax.tree.leaves(l.domain.center) for l in result.lids]
     assert not all(np.allclose(a, b) for a, b in zip(centres[0], centres[1]))  # re-centred where training had gone
     assert len(result.certificates) == 1 + 2  # after task 1: task 0; after task 2: tasks 0 and 1
@@ -130,6 +136,8 @@ def test_bad_inputs_are_named(digits, sequence):
         safe.SafeConfig(strategy="nearest")
     with pytest.raises(ContinualError, match="unknown bias 'ewc'"):
         safe.SafeConfig(bias="ewc")
+    with pytest.raises(ContinualError, match="unknown LID pool"):
+        safe.SafeConfig(pool="all")
     with pytest.raises(ContinualError, match="projects onto boxes"):
         safe.SafeConfig(lid=lid.LIDConfig(domain="zonotope"))
     with pytest.raises(ContinualError, match="fewer than two|two distinct|one class"):
