@@ -32,7 +32,7 @@ from metaedit.datasets import Dataset
 
 Params = Any
 
-__all__ = ["LID", "LIDResult", "NetworkLIDs", "LIDConfig", "LIDError", "LIDProblem", "LIDState", "best",
+__all__ = ["LID", "LIDResult", "NetworkLIDs", "LIDConfig", "LIDError", "LIDProblem", "LIDState", "best", "best_index",
            "certify_lids", "compute", "for_network", "guaranteed", "largest_meeting_target", "certification_rows",
            "make_problem", "solve", "size", "domain_of"]
 
@@ -117,7 +117,12 @@ def snapshot_step(config: LIDConfig, k: int) -> int:
 
 def best(lids: Sequence[LID]) -> LID:
     """The largest of several certified LIDs."""
-    return max(lids, key=lambda lid: lid.log_volume)
+    return lids[best_index(lids)]
+
+
+def best_index(lids: Sequence[LID], among: Sequence[int] | None = None) -> int:
+    """The index of the largest of several certified LIDs (the first of equals), over ``among`` (default: all)."""
+    return max(range(len(lids)) if among is None else among, key=lambda i: lids[i].log_volume)
 
 
 def compute(spec: nets.Spec, params: Params, constraints: Sequence[Constraint],

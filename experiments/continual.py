@@ -172,13 +172,13 @@ def report_of(config: Config, tables: dict[str, list[dict]]) -> report.Report:
                        f"{np.mean([r['meta_loss_first'] for r in meta]):.4f} (update-direction start) to "
                        f"{np.mean([r['meta_loss_last'] for r in meta]):.4f} (the best learnt bias), mean over seeds and "
                        "task boundaries.")
-    picked = {m: Counter(p.split("@")[0] for r in rows if r["method"] == m for p in str(r.get("picks") or "").split())
-              for m in methods if "pool" in m}
-    picked = {m: counts for m, counts in picked.items() if counts}
-    if picked:
+    origins = {m: Counter(pick.split("@")[0] for r in rows if r["method"] == m
+                          for pick in str(r.get("picks") or "").split()) for m in methods if "pool" in m}
+    counted = [f"{m}: " + ", ".join(f"{bias} {n}" for bias, n in counts.most_common())
+               for m, counts in origins.items() if counts]
+    if counted:
         page.paragraph("Where the pooled strategies' LIDs came from (the bias weighting of the solve, or kept: a "
-                       "re-centring kept the current box; over seeds and task boundaries): " + "; ".join(f"{m}: " + ", ".join(f"{b} {n}" for b, n in c.most_common())
-                                                   for m, c in picked.items()) + ".")
+                       "re-centring kept the current box; over seeds and task boundaries): " + "; ".join(counted) + ".")
     page.paragraph("New-task accuracy: test accuracy on task t right after training it, mean over t >= 1. Forgetting: "
                    "mean over old tasks of the best earlier accuracy minus the final one. Seconds per seed include "
                    "compilation for the safe variants (each seed is its own run) and exclude it for the vmapped "

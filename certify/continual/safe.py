@@ -230,11 +230,8 @@ def choose_index(lids: list[lid.LID], strategy: str, spec, params: Params, x, y,
     * ``largest-closest``: the largest among those within 1.5 times the closest distance;
     * ``best-loss``: the lowest buffer loss after ``lookahead_steps`` projected steps inside it.
     """
-    def largest(indices):
-        return max(indices, key=lambda i: lids[i].log_volume)
-
     if strategy == "largest":
-        return largest(range(len(lids)))
+        return lid.best_index(lids)
     steps, rate = config.lookahead_steps, config.lookahead_learning_rate
     if strategy == "best-loss":
         losses = [float(training.cross_entropy(
@@ -245,7 +242,7 @@ def choose_index(lids: list[lid.LID], strategy: str, spec, params: Params, x, y,
     distances = np.array([float(project.distance(target, l.domain.project(target))) for l in lids])
     if strategy == "closest":
         return int(np.argmin(distances))
-    return largest([i for i, d in enumerate(distances) if d <= 1.5 * distances.min() + 1e-12])
+    return lid.best_index(lids, [i for i, d in enumerate(distances) if d <= 1.5 * distances.min() + 1e-12])
 
 
 # --------------------------------------------------------------------------- the continual run
@@ -362,7 +359,7 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
     heldout = [_samples(sequence, t, "test", config.heldout_samples, rng) for t in range(sequence.num_tasks)]
     lookahead = [_samples(sequence, t, "train", config.lookahead_samples, rng) for t in range(sequence.num_tasks)]
     started = time.perf_counter()
-    matrix, held, chosen, picks, inside, taus, meta = [], [], [], [], [], [], []
+    matrix, held, picks, inside, taus, meta = [], [], [], [], [], []
     box, constraints, kept = None, (), []  # kept: the tasks certified (those learnt above 0, so tau > 0)
     for t in range(sequence.num_tasks):
         x, y = jnp.asarray(sequence.x_train[t]), jnp.asarray(sequence.y_train[t])
@@ -371,11 +368,10 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
             part_key = jax.random.fold_in(key, 100 + t)
             if part > 0:
                 part_key = jax.random.fold_in(part_key, part)
-                pick = _recentred(spec, params, box, constraints, [heldout[j] for j in kept], config, lookahead[t],
-                                  jax.random.fold_in(jax.random.fold_in(key, 400 + t), part), masks[t])
-                box = pick.chosen
-                chosen.append(box)
-                picks.append(pick.describe())
+                picks.append(_recentred(spec, params, box, constraints, [heldout[j] for j in kept], config,
+                                        lookahead[t], jax.random.fold_in(jax.random.fold_in(key, 400 + t), part),
+                                        masks[t]))
+                box = picks[-1].chosen
             params = projected_steps_jit(spec, params, None if box is None else box.domain, x, y, steps,
                                          config.learning_rate, config.batch, part_key, masks[t])
         if box is not None:
@@ -399,9 +395,8 @@ def train_safely(spec: nets.Spec, sequence: TaskSequence, config: SafeConfig, in
             continue
         pick, history = _new_lid(spec, params, constraints, [heldout[j] for j in kept], config, lookahead[t + 1],
                                  jax.random.fold_in(key, 200 + t), jax.random.fold_in(key, 300 + t), masks[t + 1])
+        picks.append(pick)
         box = pick.chosen
         meta += [history] if history is not None else []
-        chosen.append(box)
-        picks.append(pick.describe())
-    return SafeResult(np.stack(matrix), params, held, chosen, inside, taus,
-                      time.perf_counter() - started, meta, picks)
+    return SafeResult(np.stack(matrix), params, held, [p.chosen for p in picks], inside, taus,
+                      time.perf_counter() - started, meta, [p.describe() for p in picks])

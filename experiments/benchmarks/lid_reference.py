@@ -26,7 +26,6 @@ JSON lines (``benchmark``: ``lid_reference``).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import jax
@@ -35,7 +34,7 @@ import numpy as np
 
 from certify import certificates, domains, guarantee, lid, solver
 from certify.lid import LIDConfig
-from experiments.benchmarks.common import emit, machine
+from experiments.benchmarks.common import best_seconds, emit, machine
 from experiments.benchmarks.reference_lid import solve_reference
 from metaedit import datasets, nets, zoo
 from metaedit.zoo import ZooConfig
@@ -67,18 +66,16 @@ def shrink_until_certified(spec, box, params, x, y, tau, steps: int = 30):
 
 
 def our_solver(spec, params, x, y, tau, steps: int = 150):
-    """(compile seconds, a function timing one warm solve: its seconds per step) for the default box solver."""
+    """(compile seconds, ``seconds_per_step(repeats=1)``: the best of ``repeats`` warm solves' wall time
+    over their steps) for the default box solver, compiled once."""
     problem = solver.make_problem(spec, params, LIDConfig(steps=steps))
     constraints = (certificates.Constraint(x, y, tau),)
     solve = jax.jit(solver.solve)
-    compile_seconds = _timed(lambda: jax.block_until_ready(solve(problem, constraints)))
-    return compile_seconds, lambda: _timed(lambda: jax.block_until_ready(solve(problem, constraints))) / steps
 
+    def run():
+        jax.block_until_ready(solve(problem, constraints))
 
-def our_seconds_per_step(spec, params, x, y, tau, steps: int = 150) -> tuple[float, float]:
-    """(seconds per step of the jitted solve, the best of 5 warm solves; compile seconds)."""
-    compile_seconds, timed_solve = our_solver(spec, params, x, y, tau, steps)
-    return min(timed_solve() for _ in range(5)), compile_seconds
+    return best_seconds(run, 1), lambda repeats=1: best_seconds(run, repeats) / steps
 
 
 def interleaved_speedups(ours, reference, rounds: int) -> np.ndarray:
@@ -90,12 +87,6 @@ def interleaved_speedups(ours, reference, rounds: int) -> np.ndarray:
         mine = ours()
         ratios.append(reference() / mine)
     return np.array(ratios)
-
-
-def _timed(run) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
 
 
 def main(argv=None) -> None:
@@ -125,19 +116,20 @@ def main(argv=None) -> None:
         x, y = jnp.asarray(dataset.x_test[rows]), jnp.asarray(dataset.y_test[rows])
         mask, frozen = guarantee.unexercised_mask(spec, params, x)
         sizes = {"samples": n, "tau": args.tau, "heldout": len(heldout_rows)}
-        ours, compile_seconds = our_seconds_per_step(spec, params, x, y, args.tau)
+        compile_seconds, our_step = our_solver(spec, params, x, y, args.tau)
+        ours = our_step(5)
         emit("lid_reference", "ours/seconds_per_step", ours, "s", **sizes, compile_seconds=compile_seconds)
-        reference = solve_reference(numpy_params, np.asarray(x), np.asarray(y), args.tau, args.reference_steps,
+        host_x, host_y = np.asarray(x), np.asarray(y)
+        reference = solve_reference(numpy_params, host_x, host_y, args.tau, args.reference_steps,
                                     batch_size=n, certificate_samples=n)
         emit("lid_reference", "reference/seconds_per_step", reference.seconds_per_step, "s", **sizes,
              steps=reference.steps, final_box_certified_accuracy=reference.certified_accuracy,
              mean_seconds_per_step=reference.mean_seconds_per_step)
         emit("lid_reference", "speedup_per_step", reference.seconds_per_step / ours, "x", **sizes)
         if args.rounds:
-            _, timed_solve = our_solver(spec, params, x, y, args.tau)
-            ratios = interleaved_speedups(timed_solve, lambda: solve_reference(
-                numpy_params, np.asarray(x), np.asarray(y), args.tau, 150, batch_size=n,
-                certificate_samples=n).mean_seconds_per_step, args.rounds)
+            ratios = interleaved_speedups(our_step, lambda: solve_reference(
+                numpy_params, host_x, host_y, args.tau, 150, batch_size=n, certificate_samples=n).mean_seconds_per_step,
+                args.rounds)
             emit("lid_reference", "speedup_per_step/interleaved_median", float(np.median(ratios)), "x", **sizes,
                  rounds=args.rounds, least=float(ratios.min()), most=float(ratios.max()),
                  rounds_at_least_10x=int((ratios >= 10).sum()))
